@@ -1,0 +1,625 @@
+//! Loading safetensors checkpoints (single file or sharded) into burn modules, strictly.
+//!
+//! Every model in storygpt loads its Hugging Face weights through [`WeightLoader`]. It wraps
+//! burn-store's [`SafetensorsStore`] (key remapping with [`KeyRemapper`], the
+//! [`PyTorchToBurnAdapter`] that transposes `Linear` weights and renames norm `weight`/`bias` to
+//! `gamma`/`beta`) and adds the checks burn-store leaves to the caller:
+//!
+//! | problem | error |
+//! |---|---|
+//! | truncated / corrupt file, header that is not JSON | [`Error::Safetensors`] naming the file |
+//! | tensors the module needs but the file lacks | [`Error::MissingTensors`], every key listed |
+//! | tensors in the file that the module does not use | [`Error::UnexpectedTensors`], unless declared ignorable |
+//! | a tensor whose shape differs from the parameter | [`Error::ShapeMismatch`] with the key and both shapes |
+//! | a tensor whose dtype cannot load (e.g. ints into a float weight) | [`Error::DTypeMismatch`] |
+//! | a shard named in `*.safetensors.index.json` that does not exist | [`Error::MissingShard`] |
+//!
+//! All checks run on the safetensors headers *before* any tensor is applied, so a failed load
+//! never hands back a half-loaded module (the module is consumed and dropped on error).
+//!
+//! Float tensors are converted to the requested float dtype while loading: an f16 or bf16
+//! checkpoint loads into an f32 module (the default: each parameter keeps the dtype the module
+//! was built with), or into bf16 parameters with [`WeightLoader::dtype`].
+//!
+//! # Key mapping
+//!
+//! Module field names mirror checkpoint keys (`encoder.layers.0.self_attn.q_proj.weight`), so most
+//! keys match as they are. What differs is expressed with ordered regex remaps
+//! ([`WeightLoader::remap`]), applied to each checkpoint key before matching, e.g. stripping
+//! CLIP's optional `text_model.` prefix. In the PyTorch layout (the default),
+//! `LayerNorm`/`GroupNorm`/`BatchNorm` `gamma`/`beta` match checkpoint `weight`/`bias`, burn's
+//! `RmsNorm` `gamma` matches `weight`, and `Linear` weights are transposed (`[out, in]` in the
+//! file, `[in, out]` in burn).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, DType, Int, Tensor};
+use burn_store::{
+    BurnToPyTorchAdapter, KeyRemapper, ModuleAdapter, ModuleSnapshot, ModuleStore,
+    PyTorchToBurnAdapter,
+    SafetensorsStore, TensorSnapshot,
+};
+use regex::Regex;
+use serde::Deserialize;
+
+use crate::config::read_json;
+use crate::error::{Error, Result};
+
+/// How the tensors in a checkpoint are laid out relative to burn's modules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TensorLayout {
+    /// PyTorch / Hugging Face: `Linear` weights are `[out, in]`, norms use `weight`/`bias`.
+    #[default]
+    PyTorch,
+    /// Written by burn itself with the identity adapter: `[in, out]` and `gamma`/`beta`.
+    Burn,
+}
+
+/// Strict safetensors loader with key remapping, dtype conversion and full error reporting.
+///
+/// ```no_run
+/// # use storygpt_core::weights::WeightLoader;
+/// # fn f<B: burn::tensor::backend::Backend, M: burn::module::Module<B>>(m: M) -> storygpt_core::Result<M> {
+/// let model = WeightLoader::new()
+///     .remap(r"^text_model\.", "")          // legacy transformers-4 prefix
+///     .ignore_unexpected(r"position_ids$")  // a buffer, not a parameter
+///     .load_dir(m, "clip_text".as_ref(), "model")?;
+/// # Ok(model) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct WeightLoader {
+    remaps: Vec<(String, String)>,
+    ignore: Vec<String>,
+    layout: TensorLayout,
+    dtype: Option<DType>,
+}
+
+/// One tensor as described by a safetensors header.
+#[derive(Debug, Clone)]
+struct FileTensor {
+    file: PathBuf,
+    key: String,
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+}
+
+impl WeightLoader {
+    /// A loader for PyTorch/Hugging Face checkpoints with no remapping.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the tensor layout of the checkpoint (default [`TensorLayout::PyTorch`]).
+    pub fn layout(mut self, layout: TensorLayout) -> Self {
+        self.layout = layout;
+        self
+    }
+
+    /// Adds a regex rewrite applied to every checkpoint key before matching. Rewrites run in
+    /// the order they were added, each on the result of the previous one. `to` may use `$1`.
+    pub fn remap(mut self, from: &str, to: &str) -> Self {
+        self.remaps.push((from.to_string(), to.to_string()));
+        self
+    }
+
+    /// Declares checkpoint keys matching `pattern` (a regex, tested against the original and
+    /// the remapped key) as ignorable: they may be present without being used.
+    pub fn ignore_unexpected(mut self, pattern: &str) -> Self {
+        self.ignore.push(pattern.to_string());
+        self
+    }
+
+    /// Loads every float tensor as `dtype` instead of the module's own parameter dtype.
+    pub fn dtype(mut self, dtype: DType) -> Self {
+        self.dtype = Some(dtype);
+        self
+    }
+
+    /// Loads the weights of a model folder into `module`.
+    ///
+    /// Looks for `{stem}.safetensors`, then the sharded `{stem}.safetensors.index.json`
+    /// (`stem` is `model` for transformers, `diffusion_pytorch_model` for diffusers).
+    pub fn load_dir<B: Backend, M: Module<B>>(&self, module: M, dir: &Path, stem: &str) -> Result<M> {
+        let single = dir.join(format!("{stem}.safetensors"));
+        let index = dir.join(format!("{stem}.safetensors.index.json"));
+        if single.is_file() {
+            self.load_file(module, &single)
+        } else if index.is_file() {
+            self.load_sharded(module, &index)
+        } else {
+            Err(Error::WeightsNotFound {
+                dir: dir.to_path_buf(),
+                candidates: vec![
+                    format!("{stem}.safetensors"),
+                    format!("{stem}.safetensors.index.json"),
+                ],
+            })
+        }
+    }
+
+    /// Loads one safetensors file into `module`.
+    pub fn load_file<B: Backend, M: Module<B>>(&self, module: M, path: &Path) -> Result<M> {
+        self.load_files(module, &[path.to_path_buf()], path)
+    }
+
+    /// Loads a sharded checkpoint described by a Hugging Face `*.safetensors.index.json`.
+    pub fn load_sharded<B: Backend, M: Module<B>>(&self, module: M, index: &Path) -> Result<M> {
+        let shards = shard_files(index)?;
+        self.load_files(module, &shards, index)
+    }
+
+    /// Loads the union of several safetensors files into `module`; `report_path` names the
+    /// checkpoint in errors about the whole set (missing or unexpected keys).
+    pub fn load_files<B: Backend, M: Module<B>>(
+        &self,
+        mut module: M,
+        files: &[PathBuf],
+        report_path: &Path,
+    ) -> Result<M> {
+        let remapper = self.remapper()?;
+        let ignore = self.ignore_patterns()?;
+
+        // 1. Read and validate every header; map remapped key -> tensor description.
+        let mut tensors: BTreeMap<String, FileTensor> = BTreeMap::new();
+        for file in files {
+            for t in read_header(file)? {
+                let mapped = remap_key(&remapper, &t.key);
+                if let Some(prev) = tensors.get(&mapped) {
+                    return Err(Error::Load {
+                        path: report_path.to_path_buf(),
+                        message: format!(
+                            "keys `{}` ({}) and `{}` ({}) both map to `{mapped}`",
+                            prev.key,
+                            prev.file.display(),
+                            t.key,
+                            t.file.display()
+                        ),
+                    });
+                }
+                tensors.insert(mapped, t);
+            }
+        }
+
+        // 2. Inventory the module's parameters without initialising them.
+        let params = ParamInventory::of(&module);
+
+        // 3. Match parameters to tensors and check dtype and shape.
+        let mut used: BTreeSet<String> = BTreeSet::new();
+        let mut missing = Vec::new();
+        let mut problems = Vec::new();
+        let mut target_dtypes: HashMap<String, DType> = HashMap::new();
+        for p in &params.params {
+            let Some(key) = self
+                .candidates(p)
+                .into_iter()
+                .find(|k| tensors.contains_key(k))
+            else {
+                missing.push(self.checkpoint_name(p));
+                continue;
+            };
+            let t = &tensors[&key];
+            used.insert(key.clone());
+            if let Some(err) = check_dtype(p, t) {
+                problems.push(err);
+                continue;
+            }
+            let expected = self.expected_file_shape(p);
+            if t.shape != expected {
+                problems.push(Error::ShapeMismatch {
+                    path: t.file.clone(),
+                    key: t.key.clone(),
+                    expected,
+                    found: t.shape.clone(),
+                });
+                continue;
+            }
+            if p.kind == ParamKind::Float {
+                let target = self.dtype.unwrap_or(p.dtype.unwrap_or(params.default_float));
+                target_dtypes.insert(p.path.clone(), target);
+            }
+        }
+        let unused: Vec<String> = tensors
+            .iter()
+            .filter(|(mapped, _)| !used.contains(*mapped))
+            .filter(|(mapped, t)| !ignore.iter().any(|re| re.is_match(&t.key) || re.is_match(mapped)))
+            .map(|(_, t)| t.key.clone())
+            .collect();
+
+        if !missing.is_empty() {
+            missing.sort();
+            return Err(Error::MissingTensors {
+                path: report_path.to_path_buf(),
+                missing,
+                unused,
+            });
+        }
+        if let Some(err) = problems.into_iter().next() {
+            return Err(err);
+        }
+        if !unused.is_empty() {
+            return Err(Error::UnexpectedTensors {
+                path: report_path.to_path_buf(),
+                keys: unused,
+            });
+        }
+
+        // 4. Everything checks out: apply through burn-store.
+        let mut snapshots: Vec<TensorSnapshot> = Vec::with_capacity(tensors.len());
+        for file in files {
+            let mut store = SafetensorsStore::from_file(file).remap(remapper.clone());
+            let all = store.get_all_snapshots().map_err(|e| Error::Safetensors {
+                path: file.clone(),
+                reason: e.to_string(),
+            })?;
+            snapshots.extend(
+                all.iter()
+                    .filter(|(k, _)| used.contains(*k))
+                    .map(|(_, s)| s.clone()),
+            );
+        }
+        let adapter = LoadAdapter {
+            layout: self.layout,
+            target_dtypes,
+        };
+        let result = module.apply(snapshots, None, Some(Box::new(adapter)), false);
+        if !result.errors.is_empty() || !result.missing.is_empty() {
+            return Err(Error::Load {
+                path: report_path.to_path_buf(),
+                message: result.to_string(),
+            });
+        }
+        tracing::debug!(
+            file = %report_path.display(),
+            tensors = result.applied.len(),
+            "loaded weights"
+        );
+        Ok(module)
+    }
+
+    /// The checkpoint keys (after remapping) that can provide parameter `p`, in order.
+    fn candidates(&self, p: &ParamInfo) -> Vec<String> {
+        let mut keys = vec![p.path.clone()];
+        if self.layout == TensorLayout::PyTorch
+            && let Some(alt) = pytorch_param_name(p)
+        {
+            keys.push(replace_last_segment(&p.path, alt));
+        }
+        keys
+    }
+
+    /// How a missing parameter is named in errors: as the checkpoint would name it.
+    fn checkpoint_name(&self, p: &ParamInfo) -> String {
+        match (self.layout, pytorch_param_name(p)) {
+            (TensorLayout::PyTorch, Some(alt)) => replace_last_segment(&p.path, alt),
+            _ => p.path.clone(),
+        }
+    }
+
+    /// The shape the checkpoint must have for parameter `p`.
+    fn expected_file_shape(&self, p: &ParamInfo) -> Vec<usize> {
+        let transposed = self.layout == TensorLayout::PyTorch
+            && p.module_type.as_deref() == Some("Struct:Linear")
+            && p.path.ends_with(".weight")
+            && p.shape.len() == 2;
+        if transposed {
+            vec![p.shape[1], p.shape[0]]
+        } else {
+            p.shape.clone()
+        }
+    }
+
+    fn remapper(&self) -> Result<KeyRemapper> {
+        KeyRemapper::from_patterns(self.remaps.clone())
+            .map_err(|e| Error::InvalidInput(format!("invalid key remap pattern: {e}")))
+    }
+
+    fn ignore_patterns(&self) -> Result<Vec<Regex>> {
+        self.ignore
+            .iter()
+            .map(|p| {
+                Regex::new(p)
+                    .map_err(|e| Error::InvalidInput(format!("invalid ignore pattern `{p}`: {e}")))
+            })
+            .collect()
+    }
+}
+
+/// Saves `module` as a safetensors file, atomically.
+///
+/// In [`TensorLayout::PyTorch`] the file is what transformers/diffusers would write for the
+/// same module (`Linear` weights `[out, in]`, norm `weight`/`bias`), with metadata
+/// `{"format": "pt"}`, so [`WeightLoader`] and the Python reference both read it.
+pub fn save_file<B: Backend, M: Module<B>>(module: &M, path: &Path, layout: TensorLayout) -> Result<()> {
+    let mut store = SafetensorsStore::from_bytes(None)
+        .metadata("format", "pt")
+        .with_to_adapter(SaveAdapter { layout });
+    module.save_into(&mut store).map_err(|e| Error::Load {
+        path: path.to_path_buf(),
+        message: format!("collecting tensors to save failed: {e}"),
+    })?;
+    let bytes = store.get_bytes().map_err(|e| Error::Load {
+        path: path.to_path_buf(),
+        message: format!("serialising safetensors failed: {e}"),
+    })?;
+    crate::fs::write_atomic(path, &bytes)
+}
+
+/// Inverse of [`LoadAdapter`]'s layout part, for saving.
+#[derive(Clone)]
+struct SaveAdapter {
+    layout: TensorLayout,
+}
+
+impl ModuleAdapter for SaveAdapter {
+    fn adapt(&self, snapshot: &TensorSnapshot) -> TensorSnapshot {
+        if self.layout != TensorLayout::PyTorch {
+            return snapshot.clone();
+        }
+        let adapted = BurnToPyTorchAdapter.adapt(snapshot);
+        let is_rms_gamma = adapted.module_type().as_deref() == Some("Struct:RmsNorm")
+            && adapted.path_stack.as_ref().and_then(|p| p.last()).map(String::as_str) == Some("gamma");
+        if !is_rms_gamma {
+            return adapted;
+        }
+        let mut path = adapted.path_stack.clone().unwrap_or_default();
+        if let Some(last) = path.last_mut() {
+            *last = "weight".to_string();
+        }
+        TensorSnapshot::from_closure(
+            adapted.clone_data_fn(),
+            adapted.dtype,
+            adapted.shape.clone(),
+            path,
+            adapted.container_stack.clone().unwrap_or_default(),
+            adapted.tensor_id.unwrap_or_default(),
+        )
+    }
+
+    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
+        Box::new(self.clone())
+    }
+}
+
+/// The PyTorch name of a burn parameter whose name differs (`gamma` -> `weight`, ...).
+fn pytorch_param_name(p: &ParamInfo) -> Option<&'static str> {
+    let name = p.path.rsplit('.').next()?;
+    match (p.module_type.as_deref()?, name) {
+        ("Struct:LayerNorm" | "Struct:GroupNorm" | "Struct:BatchNorm" | "Struct:RmsNorm", "gamma") => {
+            Some("weight")
+        }
+        ("Struct:LayerNorm" | "Struct:GroupNorm" | "Struct:BatchNorm", "beta") => Some("bias"),
+        _ => None,
+    }
+}
+
+fn replace_last_segment(path: &str, name: &str) -> String {
+    match path.rsplit_once('.') {
+        Some((head, _)) => format!("{head}.{name}"),
+        None => name.to_string(),
+    }
+}
+
+fn remap_key(remapper: &KeyRemapper, key: &str) -> String {
+    let mut out = key.to_string();
+    for (re, to) in remapper.to_regex_pairs() {
+        if re.is_match(&out) {
+            out = re.replace_all(&out, to.as_str()).to_string();
+        }
+    }
+    out
+}
+
+fn check_dtype(p: &ParamInfo, t: &FileTensor) -> Option<Error> {
+    use safetensors::Dtype as D;
+    let ok = match p.kind {
+        ParamKind::Float => matches!(t.dtype, D::F16 | D::BF16 | D::F32 | D::F64),
+        ParamKind::Int => matches!(
+            t.dtype,
+            D::I8 | D::I16 | D::I32 | D::I64 | D::U8 | D::U32 | D::U64
+        ),
+        ParamKind::Bool => matches!(t.dtype, D::BOOL),
+    };
+    (!ok).then(|| Error::DTypeMismatch {
+        path: t.file.clone(),
+        key: t.key.clone(),
+        expected: match p.kind {
+            ParamKind::Float => "a float dtype (F32, F16, BF16 or F64)",
+            ParamKind::Int => "an integer dtype",
+            ParamKind::Bool => "BOOL",
+        }
+        .to_string(),
+        found: format!("{:?}", t.dtype),
+    })
+}
+
+/// Reads and validates a safetensors header (and that the data section is complete).
+fn read_header(path: &Path) -> Result<Vec<FileTensor>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the map is read-only and dropped before this function returns; a file modified
+    // concurrently can only produce wrong values, which the header checks below reject or the
+    // caller sees as bad weights, not memory unsafety in our code.
+    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| Error::Safetensors {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let mut out: Vec<FileTensor> = st
+        .tensors()
+        .into_iter()
+        .map(|(key, view)| FileTensor {
+            file: path.to_path_buf(),
+            key,
+            dtype: view.dtype(),
+            shape: view.shape().to_vec(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct ShardIndex {
+    weight_map: BTreeMap<String, String>,
+}
+
+/// The shard files named by a Hugging Face `*.safetensors.index.json`, each checked to exist.
+pub fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
+    let parsed: ShardIndex = read_json(index)?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let names: BTreeSet<&String> = parsed.weight_map.values().collect();
+    let mut files = Vec::with_capacity(names.len());
+    for name in names {
+        let shard = dir.join(name);
+        if !shard.is_file() {
+            return Err(Error::MissingShard {
+                index: index.to_path_buf(),
+                shard,
+            });
+        }
+        files.push(shard);
+    }
+    Ok(files)
+}
+
+/// Lists the tensor keys of a safetensors file (validating its header).
+pub fn tensor_keys(path: &Path) -> Result<Vec<String>> {
+    Ok(read_header(path)?.into_iter().map(|t| t.key).collect())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ParamKind {
+    Float,
+    Int,
+    Bool,
+}
+
+#[derive(Debug, Clone)]
+struct ParamInfo {
+    /// burn record path, e.g. `encoder.layers.0.layer_norm1.gamma`.
+    path: String,
+    /// The innermost user-defined module type, e.g. `Struct:LayerNorm`.
+    module_type: Option<String>,
+    kind: ParamKind,
+    shape: Vec<usize>,
+    /// The parameter's dtype when it is already initialised.
+    dtype: Option<DType>,
+}
+
+/// Visits a module and records each parameter's path, container and shape without forcing
+/// lazy initialisation (which for a 1B-parameter model would allocate gigabytes for nothing).
+struct ParamInventory {
+    path: Vec<String>,
+    containers: Vec<String>,
+    params: Vec<ParamInfo>,
+    default_float: DType,
+}
+
+impl ParamInventory {
+    fn of<B: Backend, M: Module<B>>(module: &M) -> Self {
+        let device = module.devices().into_iter().next().unwrap_or_default();
+        let default_float = Tensor::<B, 1>::zeros([1], &device).dtype();
+        let mut inv = ParamInventory {
+            path: Vec::new(),
+            containers: Vec::new(),
+            params: Vec::new(),
+            default_float,
+        };
+        module.visit(&mut inv);
+        inv
+    }
+
+    fn record(&mut self, kind: ParamKind, shape: Vec<usize>, dtype: Option<DType>) {
+        let module_type = self
+            .containers
+            .iter()
+            .rev()
+            .find(|c| c.starts_with("Struct:") || c.starts_with("Enum:"))
+            .cloned();
+        self.params.push(ParamInfo {
+            path: self.path.join("."),
+            module_type,
+            kind,
+            shape,
+            dtype,
+        });
+    }
+}
+
+impl<B: Backend> ModuleVisitor<B> for ParamInventory {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.push(name.to_string());
+        self.containers.push(container_type.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+        self.containers.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let dtype = param.is_initialized().then(|| param.val().dtype());
+        self.record(ParamKind::Float, param.lazy_shape().to_vec(), dtype);
+    }
+
+    fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<B, D, Int>>) {
+        self.record(ParamKind::Int, param.lazy_shape().to_vec(), None);
+    }
+
+    fn visit_bool<const D: usize>(&mut self, param: &Param<Tensor<B, D, Bool>>) {
+        self.record(ParamKind::Bool, param.lazy_shape().to_vec(), None);
+    }
+}
+
+/// burn-store adapter: the PyTorch layout conversion (transpose `Linear`, norm names, and
+/// `RmsNorm.gamma` <- `weight`, which burn's adapter lacks), then a cast of float tensors to
+/// each parameter's target dtype.
+#[derive(Clone)]
+struct LoadAdapter {
+    layout: TensorLayout,
+    target_dtypes: HashMap<String, DType>,
+}
+
+impl ModuleAdapter for LoadAdapter {
+    fn adapt(&self, snapshot: &TensorSnapshot) -> TensorSnapshot {
+        let adapted = match self.layout {
+            TensorLayout::PyTorch => PyTorchToBurnAdapter.adapt(snapshot),
+            TensorLayout::Burn => snapshot.clone(),
+        };
+        let Some(&target) = self.target_dtypes.get(&adapted.full_path()) else {
+            return adapted;
+        };
+        if !adapted.dtype.is_float() || adapted.dtype == target {
+            return adapted;
+        }
+        let data_fn = adapted.clone_data_fn();
+        TensorSnapshot::from_closure(
+            std::rc::Rc::new(move || Ok(data_fn()?.convert_dtype(target))),
+            target,
+            adapted.shape.clone(),
+            adapted.path_stack.clone().unwrap_or_default(),
+            adapted.container_stack.clone().unwrap_or_default(),
+            adapted.tensor_id.unwrap_or_default(),
+        )
+    }
+
+    fn get_alternative_param_name(&self, param_name: &str, container_type: &str) -> Option<String> {
+        if self.layout != TensorLayout::PyTorch {
+            return None;
+        }
+        if container_type == "Struct:RmsNorm" && param_name == "gamma" {
+            return Some("weight".to_string());
+        }
+        PyTorchToBurnAdapter.get_alternative_param_name(param_name, container_type)
+    }
+
+    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
+        Box::new(self.clone())
+    }
+}
+
+#[cfg(test)]
+#[path = "weights_tests.rs"]
+mod tests;
