@@ -484,9 +484,67 @@ pub fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Lists the tensor keys of a safetensors file (validating its header).
-pub fn tensor_keys(path: &Path) -> Result<Vec<String>> {
-    Ok(read_header(path)?.into_iter().map(|t| t.key).collect())
+/// Reads every tensor of a safetensors file into host memory, keyed by name (for golden
+/// outputs, embedding shards and other data files; models load through [`WeightLoader`]).
+pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, burn::tensor::TensorData>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let mut out = BTreeMap::new();
+    for (key, view) in st.tensors() {
+        let dtype = burn_dtype(view.dtype()).ok_or_else(|| Error::Safetensors {
+            path: path.to_path_buf(),
+            reason: format!("tensor `{key}` has unsupported dtype {:?}", view.dtype()),
+        })?;
+        let data = burn::tensor::TensorData::from_bytes_vec(view.data().to_vec(), view.shape().to_vec(), dtype);
+        out.insert(key, data);
+    }
+    Ok(out)
+}
+
+fn burn_dtype(dtype: safetensors::Dtype) -> Option<DType> {
+    use safetensors::Dtype as D;
+    Some(match dtype {
+        D::F64 => DType::F64,
+        D::F32 => DType::F32,
+        D::F16 => DType::F16,
+        D::BF16 => DType::BF16,
+        D::I64 => DType::I64,
+        D::I32 => DType::I32,
+        D::I16 => DType::I16,
+        D::I8 => DType::I8,
+        D::U64 => DType::U64,
+        D::U32 => DType::U32,
+        D::U16 => DType::U16,
+        D::U8 => DType::U8,
+        D::BOOL => DType::Bool(burn::tensor::BoolStore::Native),
+        _ => return None,
+    })
+}
+
+/// Name, dtype and shape of one tensor in a safetensors file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// The key in the file.
+    pub key: String,
+    /// The safetensors dtype name (`F32`, `BF16`, `I64`, ...).
+    pub dtype: String,
+    /// The shape.
+    pub shape: Vec<usize>,
+}
+
+/// Describes every tensor of a safetensors file, sorted by key, after validating the file.
+pub fn tensor_infos(path: &Path) -> Result<Vec<TensorInfo>> {
+    Ok(read_header(path)?
+        .into_iter()
+        .map(|t| TensorInfo {
+            key: t.key,
+            dtype: format!("{:?}", t.dtype),
+            shape: t.shape,
+        })
+        .collect())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

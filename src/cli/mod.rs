@@ -1,0 +1,76 @@
+//! The `storygpt` CLI: each subcommand parses its flags, builds a config and calls one library
+//! function. Backends are chosen only here (`--backend`).
+
+use clap::{Parser, Subcommand};
+
+use crate::backend::BackendKind;
+
+mod info;
+mod inspect;
+
+/// StoryGPT-V story visualization (Char-LDM + LLM) on burn.
+#[derive(Debug, Parser)]
+#[command(name = "storygpt", version, about, long_about = None)]
+pub struct Args {
+    /// Backend to run on, among those compiled in (see `storygpt info`). Default: the most
+    /// specific compiled-in one (cuda, tch, ndarray, flex).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub backend: Option<String>,
+
+    /// More log output (-v: info, -vv: debug, -vvv: trace). `RUST_LOG` overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the compiled-in backends, their devices, and versions.
+    Info,
+    /// Validate and summarise a checkpoint: a `.safetensors` file, a sharded
+    /// `*.safetensors.index.json`, or a Hugging Face / diffusers model folder.
+    Inspect(inspect::InspectArgs),
+}
+
+/// Runs the CLI.
+pub fn run(args: Args) -> crate::Result<()> {
+    init_logging(args.verbose);
+    let backend = match &args.backend {
+        Some(name) => BackendKind::parse(name)?,
+        None => BackendKind::default_kind(),
+    };
+    match args.command {
+        Command::Info => info::run(backend),
+        Command::Inspect(a) => inspect::run(&a),
+    }
+}
+
+/// Maps a failed write to stdout to an error; a closed pipe (`storygpt inspect | head`) is
+/// reported as [`std::io::ErrorKind::BrokenPipe`], which `main` treats as success.
+pub(crate) fn stdout_error(e: std::io::Error) -> crate::Error {
+    crate::Error::io("<stdout>", e)
+}
+
+/// Whether an error is only a closed stdout pipe.
+pub fn is_broken_pipe(err: &crate::Error) -> bool {
+    matches!(err, crate::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

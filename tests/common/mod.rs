@@ -1,0 +1,69 @@
+//! Shared helpers for the parity tests: fixture paths, golden tensors, and a comparison that
+//! reports the worst element as `index, ours, reference`.
+//!
+//! Fixtures are regenerated with
+//! `bash scripts/reference/install.sh && .venv/bin/python scripts/reference/generate.py`.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use burn::tensor::{Int, Tensor, TensorData};
+use storygpt::backend::{DefaultBackend, default_device};
+
+pub type TB = DefaultBackend;
+
+/// `tests/fixtures/<rel>`.
+pub fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+}
+
+/// Every tensor of `tests/fixtures/<folder>/golden.safetensors`.
+pub fn golden(folder: &str) -> BTreeMap<String, TensorData> {
+    let path = fixture(folder).join("golden.safetensors");
+    storygpt::core::weights::read_tensors(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// A golden float tensor on the default device.
+pub fn float<const D: usize>(g: &BTreeMap<String, TensorData>, key: &str) -> Tensor<TB, D> {
+    let data = g.get(key).unwrap_or_else(|| panic!("golden has no `{key}`")).clone();
+    Tensor::from_data(data.convert::<f32>(), &default_device())
+}
+
+/// A golden integer tensor on the default device.
+pub fn int<const D: usize>(g: &BTreeMap<String, TensorData>, key: &str) -> Tensor<TB, D, Int> {
+    let data = g.get(key).unwrap_or_else(|| panic!("golden has no `{key}`")).clone();
+    let values: Vec<i64> = data.convert::<i64>().to_vec().unwrap();
+    let shape = g[key].shape.clone();
+    Tensor::from_data(TensorData::new(values, shape), &default_device())
+}
+
+/// Asserts `max |ours - reference| <= tol` and equal shapes; returns the max difference.
+pub fn assert_close<const D: usize>(
+    what: &str,
+    ours: Tensor<TB, D>,
+    reference: &TensorData,
+    tol: f32,
+) -> f32 {
+    let ours = ours.into_data().convert::<f32>();
+    assert_eq!(ours.shape, reference.shape, "{what}: shape");
+    let a: Vec<f32> = ours.to_vec().unwrap();
+    let b: Vec<f32> = reference.clone().convert::<f32>().to_vec().unwrap();
+    let (mut worst, mut at) = (0f32, 0usize);
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        let d = (x - y).abs();
+        if !(d <= worst) {
+            worst = d;
+            at = i;
+        }
+    }
+    assert!(
+        worst <= tol,
+        "{what}: max |diff| = {worst:e} > {tol:e} at flat index {at}: rust={} python={}",
+        a[at],
+        b[at]
+    );
+    eprintln!("{what}: max |diff| = {worst:e} (tol {tol:e})");
+    worst
+}
