@@ -25,7 +25,10 @@ fn info_lists_the_compiled_backends() {
         "{stdout}"
     );
     for name in compiled {
-        assert!(stdout.contains(&format!(" {name:<8} device:")), "{name} missing:\n{stdout}");
+        assert!(
+            stdout.contains(&format!(" {name:<8} device:")),
+            "{name} missing:\n{stdout}"
+        );
     }
     assert!(stdout.contains("selected backend:"), "{stdout}");
 }
@@ -34,7 +37,10 @@ fn info_lists_the_compiled_backends() {
 fn unknown_or_absent_backends_are_clear_errors() {
     let (ok, _, stderr) = storygpt(&["--backend", "tpu", "info"]);
     assert!(!ok);
-    assert!(stderr.contains("backend `tpu` is not available: unknown backend"), "{stderr}");
+    assert!(
+        stderr.contains("backend `tpu` is not available: unknown backend"),
+        "{stderr}"
+    );
     if !cfg!(feature = "cuda") {
         let (ok, _, stderr) = storygpt(&["--backend", "cuda", "info"]);
         assert!(!ok);
@@ -55,6 +61,9 @@ fn inspect_summarises_a_model_folder_and_rejects_a_corrupt_file() {
     std::fs::write(&bad, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":").unwrap();
     let (ok, _, stderr) = storygpt(&["inspect", bad.to_str().unwrap()]);
     assert!(!ok);
-    assert!(stderr.contains("bad.safetensors") && stderr.contains("not a valid safetensors"), "{stderr}");
+    assert!(
+        stderr.contains("bad.safetensors") && stderr.contains("not a valid safetensors"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -43,11 +43,18 @@ fn every_generated_fixture_is_listed() {
                 stack.push(p);
                 continue;
             }
-            let rel = p.strip_prefix(&root).unwrap().to_string_lossy().replace('\\', "/");
+            let rel = p
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
             if rel == "SHA256SUMS" || rel.ends_with("README.md") {
                 continue;
             }
-            assert!(listed.contains(&rel), "{rel} is not in SHA256SUMS: regenerate the fixtures");
+            assert!(
+                listed.contains(&rel),
+                "{rel} is not in SHA256SUMS: regenerate the fixtures"
+            );
         }
     }
 }
@@ -58,13 +65,12 @@ fn every_checkpoint_and_config_parses() {
     for (_, rel) in sums() {
         let p = common::fixture(&rel);
         if rel.ends_with(".safetensors") {
-            let infos = storygpt::core::weights::tensor_infos(&p)
-                .unwrap_or_else(|e| panic!("{e}"));
+            let infos = storygpt::core::weights::tensor_infos(&p).unwrap_or_else(|e| panic!("{e}"));
             assert!(!infos.is_empty(), "{rel} has no tensors");
             checked += 1;
         } else if rel.ends_with(".json") {
-            let _: serde_json::Value = storygpt::core::config::read_json(Path::new(&p))
-                .unwrap_or_else(|e| panic!("{e}"));
+            let _: serde_json::Value =
+                storygpt::core::config::read_json(Path::new(&p)).unwrap_or_else(|e| panic!("{e}"));
             checked += 1;
         }
     }

@@ -57,7 +57,9 @@ impl TinyNetConfig {
                 .with_epsilon(self.layer_norm_eps)
                 .init(device),
             emb: EmbeddingConfig::new(self.vocab_size, d).init(device),
-            rms: RmsNormConfig::new(d).with_epsilon(self.rms_norm_eps).init(device),
+            rms: RmsNormConfig::new(d)
+                .with_epsilon(self.rms_norm_eps)
+                .init(device),
             blocks: (0..self.num_blocks)
                 .map(|_| Block {
                     lin: LinearConfig::new(d, d).init(device),
@@ -86,7 +88,10 @@ impl<B: Backend> TinyNet<B> {
         for b in &self.blocks {
             h = h.clone() + b.lin.forward(h);
         }
-        (self.proj.forward(h), self.gn.forward(self.conv.forward(img)))
+        (
+            self.proj.forward(h),
+            self.gn.forward(self.conv.forward(img)),
+        )
     }
 }
 

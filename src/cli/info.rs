@@ -12,9 +12,20 @@ pub fn run(selected: BackendKind) -> crate::Result<()> {
     writeln!(out, "  burn      {}", backend::BURN_VERSION).map_err(stdout_error)?;
     writeln!(out, "  rustc     {}", env!("STORYGPT_RUSTC_VERSION")).map_err(stdout_error)?;
     writeln!(out, "  profile   {}", env!("STORYGPT_BUILD_PROFILE")).map_err(stdout_error)?;
-    writeln!(out, "  target    {}-{}", std::env::consts::ARCH, std::env::consts::OS).map_err(stdout_error)?;
+    writeln!(
+        out,
+        "  target    {}-{}",
+        std::env::consts::ARCH,
+        std::env::consts::OS
+    )
+    .map_err(stdout_error)?;
     writeln!(out).map_err(stdout_error)?;
-    writeln!(out, "backends compiled in: {}", backend::compiled_names().join(", ")).map_err(stdout_error)?;
+    writeln!(
+        out,
+        "backends compiled in: {}",
+        backend::compiled_names().join(", ")
+    )
+    .map_err(stdout_error)?;
     for r in backend::reports() {
         let mark = if r.kind == selected { "*" } else { " " };
         writeln!(out, "{mark} {:<8} device: {}", r.kind.name(), r.device).map_err(stdout_error)?;
@@ -28,8 +39,18 @@ pub fn run(selected: BackendKind) -> crate::Result<()> {
         .map(|k| k.name())
         .collect();
     if !missing.is_empty() {
-        writeln!(out, "not compiled in: {} (enable with cargo --features)", missing.join(", ")).map_err(stdout_error)?;
+        writeln!(
+            out,
+            "not compiled in: {} (enable with cargo --features)",
+            missing.join(", ")
+        )
+        .map_err(stdout_error)?;
     }
-    writeln!(out, "selected backend: {} (* above; change with --backend)", selected.name()).map_err(stdout_error)?;
+    writeln!(
+        out,
+        "selected backend: {} (* above; change with --backend)",
+        selected.name()
+    )
+    .map_err(stdout_error)?;
     Ok(())
 }

@@ -29,7 +29,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     } else if path.to_string_lossy().ends_with(".index.json") {
         inspect_files(out, path, &shard_files(path)?, args.tensors)
     } else if path.is_file() {
-        inspect_files(out, path, &[path.clone()], args.tensors)
+        inspect_files(out, path, std::slice::from_ref(path), args.tensors)
     } else {
         Err(Error::io(
             path,
@@ -53,7 +53,10 @@ fn inspect_dir(out: &mut dyn Write, dir: &Path, list: bool) -> Result<()> {
     }
     let mut found = false;
     for p in &entries {
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if name.ends_with(".safetensors.index.json") {
             inspect_files(out, p, &shard_files(p)?, list)?;
             found = true;
@@ -106,7 +109,8 @@ fn inspect_files(out: &mut dyn Write, report: &Path, files: &[PathBuf], list: bo
         }
     }
     let dt: Vec<String> = dtypes.iter().map(|(d, n)| format!("{d}: {n}")).collect();
-    writeln!(out, 
+    writeln!(
+        out,
         "{}: {} tensor(s) in {} file(s), {} parameters ({:.2} M) [{}]",
         report.display(),
         total_tensors,
@@ -114,7 +118,8 @@ fn inspect_files(out: &mut dyn Write, report: &Path, files: &[PathBuf], list: bo
         total_params,
         total_params as f64 / 1e6,
         dt.join(", ")
-    ).map_err(stdout_error)?;
+    )
+    .map_err(stdout_error)?;
     if list {
         rows.sort_by(|a, b| a.key.cmp(&b.key));
         for t in rows {

@@ -15,7 +15,9 @@ pub type TB = DefaultBackend;
 
 /// `tests/fixtures/<rel>`.
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
 }
 
 /// Every tensor of `tests/fixtures/<folder>/golden.safetensors`.
@@ -27,13 +29,19 @@ pub fn golden(folder: &str) -> BTreeMap<String, TensorData> {
 
 /// A golden float tensor on the default device.
 pub fn float<const D: usize>(g: &BTreeMap<String, TensorData>, key: &str) -> Tensor<TB, D> {
-    let data = g.get(key).unwrap_or_else(|| panic!("golden has no `{key}`")).clone();
+    let data = g
+        .get(key)
+        .unwrap_or_else(|| panic!("golden has no `{key}`"))
+        .clone();
     Tensor::from_data(data.convert::<f32>(), &default_device())
 }
 
 /// A golden integer tensor on the default device.
 pub fn int<const D: usize>(g: &BTreeMap<String, TensorData>, key: &str) -> Tensor<TB, D, Int> {
-    let data = g.get(key).unwrap_or_else(|| panic!("golden has no `{key}`")).clone();
+    let data = g
+        .get(key)
+        .unwrap_or_else(|| panic!("golden has no `{key}`"))
+        .clone();
     let values: Vec<i64> = data.convert::<i64>().to_vec().unwrap();
     let shape = g[key].shape.clone();
     Tensor::from_data(TensorData::new(values, shape), &default_device())
@@ -53,7 +61,7 @@ pub fn assert_close<const D: usize>(
     let (mut worst, mut at) = (0f32, 0usize);
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
         let d = (x - y).abs();
-        if !(d <= worst) {
+        if d.is_nan() || d > worst {
             worst = d;
             at = i;
         }

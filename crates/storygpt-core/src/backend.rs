@@ -14,7 +14,12 @@
 
 use burn::tensor::Device;
 
-#[cfg(not(any(feature = "flex", feature = "ndarray", feature = "tch", feature = "cuda")))]
+#[cfg(not(any(
+    feature = "flex",
+    feature = "ndarray",
+    feature = "tch",
+    feature = "cuda"
+)))]
 compile_error!("storygpt needs at least one backend feature: flex, ndarray, tch or cuda");
 
 /// The pinned burn version (checked against Cargo.lock by a test).
@@ -98,7 +103,10 @@ impl BackendKind {
             .find(|k| k.name().eq_ignore_ascii_case(name))
             .ok_or_else(|| crate::Error::BackendUnavailable {
                 name: name.to_string(),
-                reason: format!("unknown backend; this build has: {}", compiled_names().join(", ")),
+                reason: format!(
+                    "unknown backend; this build has: {}",
+                    compiled_names().join(", ")
+                ),
             })?;
         if !kind.is_compiled() {
             return Err(crate::Error::BackendUnavailable {
@@ -177,7 +185,11 @@ fn report(kind: BackendKind) -> BackendReport {
             BackendReport {
                 kind,
                 device: "cpu".into(),
-                notes: vec![simd.into(), cpu_threads(), "dtypes: f32, f64, f16, bf16".into()],
+                notes: vec![
+                    simd.into(),
+                    cpu_threads(),
+                    "dtypes: f32, f64, f16, bf16".into(),
+                ],
             }
         }
         BackendKind::NdArray => BackendReport {
@@ -268,10 +280,14 @@ mod tests {
 
     #[test]
     fn burn_version_matches_lockfile() {
-        let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.lock"))
-            .expect("Cargo.lock is committed at the workspace root");
+        let lock =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.lock"))
+                .expect("Cargo.lock is committed at the workspace root");
         let needle = format!("name = \"burn\"\nversion = \"{BURN_VERSION}\"");
-        assert!(lock.contains(&needle), "Cargo.lock does not pin burn {BURN_VERSION}");
+        assert!(
+            lock.contains(&needle),
+            "Cargo.lock does not pin burn {BURN_VERSION}"
+        );
     }
 
     #[test]

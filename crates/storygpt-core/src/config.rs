@@ -92,7 +92,7 @@ mod tests {
     }
     impl ConfigFile for TinyConfig {
         fn validate(&self) -> std::result::Result<(), String> {
-            if self.hidden_size % self.num_attention_heads != 0 {
+            if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
                 return Err(format!(
                     "hidden_size ({}) is not divisible by num_attention_heads ({})",
                     self.hidden_size, self.num_attention_heads
@@ -131,13 +131,19 @@ mod tests {
             other => panic!("wrong variant: {other:?}"),
         }
         let msg = err.to_string();
-        assert!(msg.contains("num_attention_heads") && msg.contains("config.json"), "{msg}");
+        assert!(
+            msg.contains("num_attention_heads") && msg.contains("config.json"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn wrong_type_and_bad_json_are_json_errors_with_location() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), r#"{"hidden_size": "big", "num_attention_heads": 4}"#);
+        write(
+            dir.path(),
+            r#"{"hidden_size": "big", "num_attention_heads": 4}"#,
+        );
         let err = TinyConfig::from_dir(dir.path()).unwrap_err();
         assert!(matches!(err, Error::Json { .. }), "{err:?}");
         assert!(err.to_string().contains("line 1"), "{err}");
@@ -150,7 +156,10 @@ mod tests {
     #[test]
     fn validation_failure_is_invalid_config() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), r#"{"hidden_size": 30, "num_attention_heads": 4}"#);
+        write(
+            dir.path(),
+            r#"{"hidden_size": 30, "num_attention_heads": 4}"#,
+        );
         let err = TinyConfig::from_dir(dir.path()).unwrap_err();
         assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
         assert!(err.to_string().contains("not divisible"), "{err}");

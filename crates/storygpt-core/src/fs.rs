@@ -111,7 +111,10 @@ mod tests {
             Err(std::io::Error::other("disk on fire"))
         })
         .unwrap_err();
-        assert!(matches!(err, Error::Io { ref path, .. } if path == &p), "{err}");
+        assert!(
+            matches!(err, Error::Io { ref path, .. } if path == &p),
+            "{err}"
+        );
         assert!(err.to_string().contains("ckpt.json"));
         assert_eq!(std::fs::read(&p).unwrap(), b"good");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);

@@ -39,8 +39,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Int, Tensor};
 use burn_store::{
     BurnToPyTorchAdapter, KeyRemapper, ModuleAdapter, ModuleSnapshot, ModuleStore,
-    PyTorchToBurnAdapter,
-    SafetensorsStore, TensorSnapshot,
+    PyTorchToBurnAdapter, SafetensorsStore, TensorSnapshot,
 };
 use regex::Regex;
 use serde::Deserialize;
@@ -122,7 +121,12 @@ impl WeightLoader {
     ///
     /// Looks for `{stem}.safetensors`, then the sharded `{stem}.safetensors.index.json`
     /// (`stem` is `model` for transformers, `diffusion_pytorch_model` for diffusers).
-    pub fn load_dir<B: Backend, M: Module<B>>(&self, module: M, dir: &Path, stem: &str) -> Result<M> {
+    pub fn load_dir<B: Backend, M: Module<B>>(
+        &self,
+        module: M,
+        dir: &Path,
+        stem: &str,
+    ) -> Result<M> {
         let single = dir.join(format!("{stem}.safetensors"));
         let index = dir.join(format!("{stem}.safetensors.index.json"));
         if single.is_file() {
@@ -217,14 +221,20 @@ impl WeightLoader {
                 continue;
             }
             if p.kind == ParamKind::Float {
-                let target = self.dtype.unwrap_or(p.dtype.unwrap_or(params.default_float));
+                let target = self
+                    .dtype
+                    .unwrap_or(p.dtype.unwrap_or(params.default_float));
                 target_dtypes.insert(p.path.clone(), target);
             }
         }
         let unused: Vec<String> = tensors
             .iter()
             .filter(|(mapped, _)| !used.contains(*mapped))
-            .filter(|(mapped, t)| !ignore.iter().any(|re| re.is_match(&t.key) || re.is_match(mapped)))
+            .filter(|(mapped, t)| {
+                !ignore
+                    .iter()
+                    .any(|re| re.is_match(&t.key) || re.is_match(mapped))
+            })
             .map(|(_, t)| t.key.clone())
             .collect();
 
@@ -332,7 +342,11 @@ impl WeightLoader {
 /// In [`TensorLayout::PyTorch`] the file is what transformers/diffusers would write for the
 /// same module (`Linear` weights `[out, in]`, norm `weight`/`bias`), with metadata
 /// `{"format": "pt"}`, so [`WeightLoader`] and the Python reference both read it.
-pub fn save_file<B: Backend, M: Module<B>>(module: &M, path: &Path, layout: TensorLayout) -> Result<()> {
+pub fn save_file<B: Backend, M: Module<B>>(
+    module: &M,
+    path: &Path,
+    layout: TensorLayout,
+) -> Result<()> {
     let mut store = SafetensorsStore::from_bytes(None)
         .metadata("format", "pt")
         .with_to_adapter(SaveAdapter { layout });
@@ -360,7 +374,12 @@ impl ModuleAdapter for SaveAdapter {
         }
         let adapted = BurnToPyTorchAdapter.adapt(snapshot);
         let is_rms_gamma = adapted.module_type().as_deref() == Some("Struct:RmsNorm")
-            && adapted.path_stack.as_ref().and_then(|p| p.last()).map(String::as_str) == Some("gamma");
+            && adapted
+                .path_stack
+                .as_ref()
+                .and_then(|p| p.last())
+                .map(String::as_str)
+                == Some("gamma");
         if !is_rms_gamma {
             return adapted;
         }
@@ -387,9 +406,10 @@ impl ModuleAdapter for SaveAdapter {
 fn pytorch_param_name(p: &ParamInfo) -> Option<&'static str> {
     let name = p.path.rsplit('.').next()?;
     match (p.module_type.as_deref()?, name) {
-        ("Struct:LayerNorm" | "Struct:GroupNorm" | "Struct:BatchNorm" | "Struct:RmsNorm", "gamma") => {
-            Some("weight")
-        }
+        (
+            "Struct:LayerNorm" | "Struct:GroupNorm" | "Struct:BatchNorm" | "Struct:RmsNorm",
+            "gamma",
+        ) => Some("weight"),
         ("Struct:LayerNorm" | "Struct:GroupNorm" | "Struct:BatchNorm", "beta") => Some("bias"),
         _ => None,
     }
@@ -498,7 +518,11 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, burn::tensor::Tensor
             path: path.to_path_buf(),
             reason: format!("tensor `{key}` has unsupported dtype {:?}", view.dtype()),
         })?;
-        let data = burn::tensor::TensorData::from_bytes_vec(view.data().to_vec(), view.shape().to_vec(), dtype);
+        let data = burn::tensor::TensorData::from_bytes_vec(
+            view.data().to_vec(),
+            view.shape().to_vec(),
+            dtype,
+        );
         out.insert(key, data);
     }
     Ok(out)

@@ -156,9 +156,15 @@ fn loads_pytorch_layout_transposing_linear_and_renaming_norms() {
         }
     }
     assert_eq!(floats(m.norm.gamma.val()), pytorch_tensors()[3].values);
-    assert_eq!(floats(m.norm.beta.unwrap().val()), pytorch_tensors()[4].values);
+    assert_eq!(
+        floats(m.norm.beta.unwrap().val()),
+        pytorch_tensors()[4].values
+    );
     assert_eq!(floats(m.rms.gamma.val()), pytorch_tensors()[5].values);
-    assert_eq!(floats(m.blocks[1].lin.bias.as_ref().unwrap().val()), pytorch_tensors()[9].values);
+    assert_eq!(
+        floats(m.blocks[1].lin.bias.as_ref().unwrap().val()),
+        pytorch_tensors()[9].values
+    );
     assert!(m.proj.bias.is_none());
 }
 
@@ -171,7 +177,10 @@ fn truncated_file_is_a_safetensors_error_naming_the_file() {
     let err = WeightLoader::new()
         .load_file(net(&default_device()), &file)
         .unwrap_err();
-    assert!(matches!(err, Error::Safetensors { ref path, .. } if path == &file), "{err:?}");
+    assert!(
+        matches!(err, Error::Safetensors { ref path, .. } if path == &file),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("trunc.safetensors"), "{err}");
 
     // Only part of the header survives.
@@ -200,7 +209,10 @@ fn header_that_is_not_json_is_a_safetensors_error() {
     let err = WeightLoader::new()
         .load_file(net(&default_device()), &file)
         .unwrap_err();
-    assert!(matches!(err, Error::Safetensors { ref path, .. } if path == &file), "{err:?}");
+    assert!(
+        matches!(err, Error::Safetensors { ref path, .. } if path == &file),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("garbage.safetensors"), "{err}");
 }
 
@@ -220,7 +232,12 @@ fn every_missing_key_is_listed() {
     let dir = tempfile::tempdir().unwrap();
     let tensors: Vec<T> = pytorch_tensors()
         .into_iter()
-        .filter(|t| !matches!(t.key.as_str(), "norm.weight" | "blocks.1.lin.bias" | "rms.weight"))
+        .filter(|t| {
+            !matches!(
+                t.key.as_str(),
+                "norm.weight" | "blocks.1.lin.bias" | "rms.weight"
+            )
+        })
         .collect();
     let file = tmp_file(&dir, "model.safetensors", &tensors);
     let err = WeightLoader::new()
@@ -239,7 +256,12 @@ fn every_missing_key_is_listed() {
         other => panic!("wrong variant: {other:?}"),
     }
     let msg = err.to_string();
-    for key in ["blocks.1.lin.bias", "norm.weight", "rms.weight", "model.safetensors"] {
+    for key in [
+        "blocks.1.lin.bias",
+        "norm.weight",
+        "rms.weight",
+        "model.safetensors",
+    ] {
         assert!(msg.contains(key), "{msg}");
     }
 }
@@ -315,13 +337,20 @@ fn shape_mismatch_names_key_and_both_shapes() {
         } => {
             assert_eq!(path, &file);
             assert_eq!(key, "fc.weight");
-            assert_eq!(expected, &[5, 3], "expected shape is given in checkpoint layout");
+            assert_eq!(
+                expected,
+                &[5, 3],
+                "expected shape is given in checkpoint layout"
+            );
             assert_eq!(found, &[5, 4]);
         }
         other => panic!("wrong variant: {other:?}"),
     }
     let msg = err.to_string();
-    assert!(msg.contains("fc.weight") && msg.contains("[5, 4]") && msg.contains("[5, 3]"), "{msg}");
+    assert!(
+        msg.contains("fc.weight") && msg.contains("[5, 4]") && msg.contains("[5, 3]"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -344,7 +373,10 @@ fn integer_tensor_for_a_float_weight_is_a_dtype_error() {
         other => panic!("wrong variant: {other:?}"),
     }
     let msg = err.to_string();
-    assert!(msg.contains("fc.bias") && msg.contains("I32") && msg.contains("float"), "{msg}");
+    assert!(
+        msg.contains("fc.bias") && msg.contains("I32") && msg.contains("float"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -362,7 +394,11 @@ fn half_precision_files_load_into_the_module_dtype() {
             .load_file(net(&default_device()), &file)
             .unwrap();
         let gamma = m.norm.gamma.val();
-        assert_eq!(gamma.dtype(), DType::F32, "{dtype:?} loads as the module's f32");
+        assert_eq!(
+            gamma.dtype(),
+            DType::F32,
+            "{dtype:?} loads as the module's f32"
+        );
         let expected: Vec<f32> = tensors[3]
             .values
             .iter()
@@ -411,13 +447,18 @@ fn invalid_patterns_are_errors_not_panics() {
 }
 
 fn write_sharded(dir: &Path, tensors: Vec<T>) -> PathBuf {
-    let (a, b): (Vec<T>, Vec<T>) = tensors.into_iter().enumerate().fold(
-        (Vec::new(), Vec::new()),
-        |(mut a, mut b), (i, t)| {
-            if i % 2 == 0 { a.push(t) } else { b.push(t) }
-            (a, b)
-        },
-    );
+    let (a, b): (Vec<T>, Vec<T>) =
+        tensors
+            .into_iter()
+            .enumerate()
+            .fold((Vec::new(), Vec::new()), |(mut a, mut b), (i, t)| {
+                if i % 2 == 0 {
+                    a.push(t)
+                } else {
+                    b.push(t)
+                }
+                (a, b)
+            });
     write_st(&dir.join("model-00001-of-00002.safetensors"), &a);
     write_st(&dir.join("model-00002-of-00002.safetensors"), &b);
     let mut map = serde_json::Map::new();
@@ -440,8 +481,14 @@ fn sharded_checkpoints_load_and_a_missing_shard_is_named() {
     let m = WeightLoader::new()
         .load_dir(net(&default_device()), dir.path(), "model")
         .unwrap();
-    assert_eq!(floats(m.blocks[0].lin.bias.as_ref().unwrap().val()), pytorch_tensors()[7].values);
-    assert_eq!(floats(m.fc.bias.as_ref().unwrap().val()), pytorch_tensors()[1].values);
+    assert_eq!(
+        floats(m.blocks[0].lin.bias.as_ref().unwrap().val()),
+        pytorch_tensors()[7].values
+    );
+    assert_eq!(
+        floats(m.fc.bias.as_ref().unwrap().val()),
+        pytorch_tensors()[1].values
+    );
 
     std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
     let err = WeightLoader::new()
@@ -454,17 +501,27 @@ fn sharded_checkpoints_load_and_a_missing_shard_is_named() {
         }
         other => panic!("wrong variant: {other:?}"),
     }
-    assert!(err.to_string().contains("model-00002-of-00002.safetensors"), "{err}");
+    assert!(
+        err.to_string().contains("model-00002-of-00002.safetensors"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_folder_without_weights_says_what_it_looked_for() {
     let dir = tempfile::tempdir().unwrap();
     let err = WeightLoader::new()
-        .load_dir(net(&default_device()), dir.path(), "diffusion_pytorch_model")
+        .load_dir(
+            net(&default_device()),
+            dir.path(),
+            "diffusion_pytorch_model",
+        )
         .unwrap_err();
     assert!(matches!(err, Error::WeightsNotFound { .. }), "{err:?}");
-    assert!(err.to_string().contains("diffusion_pytorch_model.safetensors.index.json"));
+    assert!(
+        err.to_string()
+            .contains("diffusion_pytorch_model.safetensors.index.json")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -494,10 +551,16 @@ fn round_trip_module(
         rms: RmsNormConfig::new(d_out).init(device),
         emb: EmbeddingConfig::new(vocab, d_out).init(device),
         conv: Conv2dConfig::new([d_in, d_out], [3, 3]).init(device),
-        steps: Param::initialized(burn::module::ParamId::new(), Tensor::from_data(
-            TensorData::new((0..vocab as i64).map(|i| i * 7 - 3).collect::<Vec<_>>(), [vocab]),
-            device,
-        )),
+        steps: Param::initialized(
+            burn::module::ParamId::new(),
+            Tensor::from_data(
+                TensorData::new(
+                    (0..vocab as i64).map(|i| i * 7 - 3).collect::<Vec<_>>(),
+                    [vocab],
+                ),
+                device,
+            ),
+        ),
     }
 }
 

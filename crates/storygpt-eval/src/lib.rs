@@ -1,1 +1,7 @@
-//! placeholder
+//! # storygpt-eval
+//!
+//! The paper's metrics: character and background accuracy / micro-F1 from multi-label
+//! classifiers (exactly as the original `eval_cls.py`), FID with pytorch-fid parity, CLIP
+//! text-image and image-image scores, and reports.
+//!
+//! Filled in by the evaluation issue of wave 1.
