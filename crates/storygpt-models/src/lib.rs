@@ -10,3 +10,4 @@
 
 pub mod activation;
 pub mod clip;
+pub mod schedulers;

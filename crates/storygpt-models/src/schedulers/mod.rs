@@ -1,0 +1,1 @@
+//! Noise schedulers (diffusers' `scheduling_*.py`), one file per algorithm.
