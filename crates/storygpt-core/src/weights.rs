@@ -29,7 +29,8 @@
 //! CLIP's optional `text_model.` prefix. In the PyTorch layout (the default),
 //! `LayerNorm`/`GroupNorm`/`BatchNorm` `gamma`/`beta` match checkpoint `weight`/`bias`, burn's
 //! `RmsNorm` `gamma` matches `weight`, and `Linear` weights are transposed (`[out, in]` in the
-//! file, `[in, out]` in burn).
+//! file, `[in, out]` in burn). Enum modules (e.g. a projection that is a conv in SD 1.x and a
+//! linear in SD 2.x) do not add their variant name to the path: keys are those of the variant.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -274,7 +275,7 @@ impl WeightLoader {
             layout: self.layout,
             target_dtypes,
         };
-        let result = module.apply(snapshots, None, Some(Box::new(adapter)), false);
+        let result = module.apply(snapshots, None, Some(Box::new(adapter)), true);
         if !result.errors.is_empty() || !result.missing.is_empty() {
             return Err(Error::Load {
                 path: report_path.to_path_buf(),
@@ -348,6 +349,7 @@ pub fn save_file<B: Backend, M: Module<B>>(
     layout: TensorLayout,
 ) -> Result<()> {
     let mut store = SafetensorsStore::from_bytes(None)
+        .skip_enum_variants(true)
         .metadata("format", "pt")
         .with_to_adapter(SaveAdapter { layout });
     module.save_into(&mut store).map_err(|e| Error::Load {
@@ -632,12 +634,17 @@ impl ParamInventory {
 
 impl<B: Backend> ModuleVisitor<B> for ParamInventory {
     fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.push(name.to_string());
+        // Enum variants are not part of checkpoint keys (see the module docs).
+        if !container_type.starts_with("Enum:") {
+            self.path.push(name.to_string());
+        }
         self.containers.push(container_type.to_string());
     }
 
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        if !container_type.starts_with("Enum:") {
+            self.path.pop();
+        }
         self.containers.pop();
     }
 

@@ -9,5 +9,11 @@
 //! where they live, implementing the traits of `storygpt_core::traits`.
 
 pub mod activation;
+pub mod attention;
+pub mod autoencoder_kl;
 pub mod clip;
+pub mod embeddings;
+pub mod resnet;
 pub mod schedulers;
+pub mod unet_2d_blocks;
+pub mod unet_2d_condition;
