@@ -24,8 +24,54 @@ pub fn read_json<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<T> {
 }
 
 /// Deserialises JSON bytes that came from `path` (used for error messages only).
+///
+/// Python's `json` module writes the non-standard literals `Infinity`, `-Infinity` and `NaN`
+/// (diffusers' DPM-Solver configs carry `"lambda_min_clipped": -Infinity`); they are read as
+/// `±f64::MAX` and `null`.
 pub fn parse_json<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| json_error(path, e))
+    match python_literals_to_json(bytes) {
+        Some(fixed) => serde_json::from_slice(&fixed),
+        None => serde_json::from_slice(bytes),
+    }
+    .map_err(|e| json_error(path, e))
+}
+
+/// Rewrites `Infinity` / `-Infinity` / `NaN` outside strings; `None` when there are none.
+fn python_literals_to_json(bytes: &[u8]) -> Option<Vec<u8>> {
+    const INF: &[u8] = b"Infinity";
+    const NAN: &[u8] = b"NaN";
+    let (mut out, mut in_string, mut escaped, mut changed) = (Vec::new(), false, false, false);
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if c == b'"' {
+            in_string = true;
+        } else if bytes[i..].starts_with(INF) {
+            out.extend_from_slice(b"1.7976931348623157e308");
+            i += INF.len();
+            changed = true;
+            continue;
+        } else if bytes[i..].starts_with(NAN) {
+            out.extend_from_slice(b"null");
+            i += NAN.len();
+            changed = true;
+            continue;
+        }
+        out.push(c);
+        i += 1;
+    }
+    changed.then_some(out)
 }
 
 fn json_error(path: &Path, e: serde_json::Error) -> Error {
@@ -163,6 +209,24 @@ mod tests {
         let err = TinyConfig::from_dir(dir.path()).unwrap_err();
         assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
         assert!(err.to_string().contains("not divisible"), "{err}");
+    }
+
+    #[test]
+    fn python_infinity_and_nan_literals_parse() {
+        #[derive(Debug, Deserialize)]
+        struct C {
+            lo: f64,
+            hi: f64,
+            nan: Option<f64>,
+            name: String,
+        }
+        let c: C = parse_json(
+            Path::new("scheduler_config.json"),
+            br#"{"lo": -Infinity, "hi": Infinity, "nan": NaN, "name": "not -Infinity or NaN"}"#,
+        )
+        .unwrap();
+        assert_eq!((c.lo, c.hi, c.nan), (-f64::MAX, f64::MAX, None));
+        assert_eq!(c.name, "not -Infinity or NaN");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
+use crate::linear3;
 use crate::resnet::{conv1x1, group_norm};
 
 /// Requests cross-attention probabilities of chosen layers during a UNet forward, by diffusers
@@ -153,10 +154,13 @@ impl<B: Backend> Attention<B> {
         probe: &mut Probe<'_, B>,
     ) -> Tensor<B, 3> {
         let context = context.unwrap_or_else(|| x.clone());
-        let q = self.to_q.forward(x);
-        let k = self.to_k.forward(context.clone());
-        let v = self.to_v.forward(context);
-        self.to_out[0].forward(multi_head_attention(q, k, v, self.heads, probe))
+        let q = linear3(&self.to_q, x);
+        let k = linear3(&self.to_k, context.clone());
+        let v = linear3(&self.to_v, context);
+        linear3(
+            &self.to_out[0],
+            multi_head_attention(q, k, v, self.heads, probe),
+        )
     }
 }
 
@@ -224,14 +228,11 @@ impl<B: Backend> FeedForward<B> {
 
     /// `[b, n, dim] → [b, n, dim]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [hidden, gate] = self
-            .net_0
-            .proj
-            .forward(x)
+        let [hidden, gate] = linear3(&self.net_0.proj, x)
             .chunk(2, 2)
             .try_into()
             .unwrap_or_else(|_| unreachable!("2·inner splits in two"));
-        self.net_2.forward(hidden * gelu(gate))
+        linear3(&self.net_2, hidden * gelu(gate))
     }
 }
 
@@ -351,6 +352,11 @@ impl<B: Backend> Transformer2DModel<B> {
         }
     }
 
+    /// `[b, c, h, w]` with conditioning `[b, seq, context_dim]` → `[b, c, h, w]`.
+    pub fn forward(&self, x: Tensor<B, 4>, context: Tensor<B, 3>) -> Tensor<B, 4> {
+        self.forward_probe(x, context, &mut Probe::new(None))
+    }
+
     pub(crate) fn forward_probe(
         &self,
         x: Tensor<B, 4>,
@@ -367,7 +373,7 @@ impl<B: Backend> Transformer2DModel<B> {
         };
         let mut tokens = match &self.proj_in {
             Projection::Conv(conv) => to_tokens(conv.forward(x)),
-            Projection::Linear(lin) => lin.forward(to_tokens(x)),
+            Projection::Linear(lin) => linear3(lin, to_tokens(x)),
         };
         for (i, block) in self.transformer_blocks.iter().enumerate() {
             tokens = probe.scoped(
@@ -382,7 +388,7 @@ impl<B: Backend> Transformer2DModel<B> {
         };
         let out = match &self.proj_out {
             Projection::Conv(conv) => conv.forward(to_image(tokens)),
-            Projection::Linear(lin) => to_image(lin.forward(tokens)),
+            Projection::Linear(lin) => to_image(linear3(lin, tokens)),
         };
         debug_assert_eq!(out.dims()[1], c);
         out + residual

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use storygpt_core::{Autoencoder, ConfigFile, DiagonalGaussian, Error, Result, WeightLoader};
 
 use crate::attention::{Probe, multi_head_attention};
+use crate::linear3;
 use crate::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, conv3x3, group_norm};
 
 /// diffusers' `AutoencoderKL` config.
@@ -116,7 +117,7 @@ impl ConfigFile for AutoencoderKLConfig {
         if let Some(c) = self
             .block_out_channels
             .iter()
-            .find(|c| *c % self.norm_num_groups != 0)
+            .find(|c| !c.is_multiple_of(self.norm_num_groups))
         {
             return Err(format!(
                 "block_out_channels value {c} is not divisible by norm_num_groups ({})",
@@ -124,6 +125,20 @@ impl ConfigFile for AutoencoderKLConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl AutoencoderKLConfig {
+    /// Stable Diffusion 1.5's VAE (`runwayml/stable-diffusion-v1-5/vae/config.json`).
+    pub fn sd_v1_5() -> Self {
+        serde_json::from_value(serde_json::json!({
+            "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2,
+            "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+            "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+            "block_out_channels": [128, 256, 512, 512], "norm_num_groups": 32, "act_fn": "silu",
+            "scaling_factor": 0.18215
+        }))
+        .unwrap_or_else(|e| unreachable!("the SD 1.5 preset is valid JSON for this struct: {e}"))
     }
 }
 
@@ -168,12 +183,12 @@ impl<B: Backend> VaeAttention<B> {
             .reshape([b, c, h * w])
             .swap_dims(1, 2);
         let (q, k, v) = (
-            self.to_q.forward(tokens.clone()),
-            self.to_k.forward(tokens.clone()),
-            self.to_v.forward(tokens),
+            linear3(&self.to_q, tokens.clone()),
+            linear3(&self.to_k, tokens.clone()),
+            linear3(&self.to_v, tokens),
         );
         let out = multi_head_attention(q, k, v, 1, &mut Probe::new(None));
-        let out = self.to_out[0].forward(out);
+        let out = linear3(&self.to_out[0], out);
         out.swap_dims(1, 2).reshape([b, c, h, w]) + residual
     }
 }
@@ -383,7 +398,13 @@ impl<B: Backend> AutoencoderKL<B> {
     pub fn check_image(&self, image: &Tensor<B, 4>) -> Result<()> {
         let [b, c, h, w] = image.dims();
         let f = self.downsample_factor;
-        if b == 0 || c != self.in_channels || h == 0 || w == 0 || h % f != 0 || w % f != 0 {
+        if b == 0
+            || c != self.in_channels
+            || h == 0
+            || w == 0
+            || !h.is_multiple_of(f)
+            || !w.is_multiple_of(f)
+        {
             return Err(Error::InputShape {
                 what: "VAE image".into(),
                 expected: format!(

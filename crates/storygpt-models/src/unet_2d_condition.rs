@@ -233,13 +233,13 @@ impl ConfigFile for UNet2DConditionConfig {
         }
         for (i, &c) in self.block_out_channels.iter().enumerate() {
             let h = self.heads(i);
-            if c % self.norm_num_groups != 0 {
+            if !c.is_multiple_of(self.norm_num_groups) {
                 return Err(format!(
                     "block_out_channels[{i}] = {c} is not divisible by norm_num_groups ({})",
                     self.norm_num_groups
                 ));
             }
-            if h == 0 || c % h != 0 {
+            if h == 0 || !c.is_multiple_of(h) {
                 return Err(format!(
                     "block_out_channels[{i}] = {c} is not divisible by its head count {h}"
                 ));
@@ -281,6 +281,20 @@ impl ConfigFile for UNet2DConditionConfig {
 }
 
 impl UNet2DConditionConfig {
+    /// Stable Diffusion 1.5's UNet (`runwayml/stable-diffusion-v1-5/unet/config.json`).
+    pub fn sd_v1_5() -> Self {
+        serde_json::from_value(serde_json::json!({
+            "in_channels": 4, "out_channels": 4, "sample_size": 64,
+            "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+            "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
+            "attention_head_dim": 8, "cross_attention_dim": 768, "norm_num_groups": 32, "norm_eps": 1e-5,
+            "downsample_padding": 1, "flip_sin_to_cos": true, "freq_shift": 0, "act_fn": "silu",
+            "center_input_sample": false, "mid_block_scale_factor": 1
+        }))
+        .unwrap_or_else(|e| unreachable!("the SD 1.5 preset is valid JSON for this struct: {e}"))
+    }
+
     /// Heads of down block `i` (diffusers: `num_attention_heads or attention_head_dim`).
     pub fn heads(&self, i: usize) -> usize {
         self.num_attention_heads
@@ -436,7 +450,13 @@ impl<B: Backend> UNet2DConditionModel<B> {
     ) -> Result<()> {
         let [b, c, h, w] = sample.dims();
         let f = self.downsample_factor;
-        if b == 0 || c != self.in_channels || h % f != 0 || w % f != 0 || h == 0 || w == 0 {
+        if b == 0
+            || c != self.in_channels
+            || !h.is_multiple_of(f)
+            || !w.is_multiple_of(f)
+            || h == 0
+            || w == 0
+        {
             return Err(Error::InputShape {
                 what: "UNet sample".into(),
                 expected: format!(

@@ -87,9 +87,18 @@ pub trait NoiseScheduler<B: Backend> {
 
     /// One reverse step from `timestep`: x_t → x_{t-1}.
     ///
+    /// Call it once per entry of [`NoiseScheduler::timesteps`], in order, passing that entry:
+    /// multistep schedulers (PLMS, DPM-Solver++) and the σ-parameterised ones (Euler) keep a step
+    /// counter and history, as diffusers does.
+    ///
     /// # Shapes
     /// `model_output` and `sample` are `[batch, c, h, w]`; returns the same shape. Stochastic
     /// schedulers draw their noise from `noise`.
+    ///
+    /// # Panics
+    /// On misuse that diffusers also rejects: a `timestep` that is not one of the scheduler's
+    /// timesteps, more calls than there are timesteps, or (for the schedulers that need it) no
+    /// [`NoiseScheduler::set_timesteps`] beforehand.
     fn step(
         &mut self,
         model_output: Tensor<B, 4>,
@@ -98,14 +107,22 @@ pub trait NoiseScheduler<B: Backend> {
         noise: &mut dyn NoiseSource<B>,
     ) -> Tensor<B, 4>;
 
-    /// Forward process for training: `√ᾱ_t · x₀ + √(1−ᾱ_t) · ε`, one timestep per sample.
+    /// Forward process for training: `√ᾱ_t · x₀ + √(1−ᾱ_t) · ε`, one timestep per sample
+    /// (σ-parameterised schedulers: `x₀ + σ_t · ε`, with σ_t looked up in the current schedule).
+    ///
+    /// Timesteps are `f64` like [`NoiseScheduler::timesteps`], so schedule entries pass through
+    /// unchanged (Euler's are fractional with Karras sigmas); the discrete schedulers (DDPM,
+    /// DDIM, PNDM) take any integer `0 ≤ t < num_train_timesteps`.
     ///
     /// # Shapes
     /// `original` and `noise` are `[batch, c, h, w]`; `timesteps.len() == batch`.
+    ///
+    /// # Panics
+    /// If `timesteps.len() != batch`, or a timestep is not valid for the scheduler (see above).
     fn add_noise(
         &self,
         original: Tensor<B, 4>,
         noise: Tensor<B, 4>,
-        timesteps: &[usize],
+        timesteps: &[f64],
     ) -> Tensor<B, 4>;
 }

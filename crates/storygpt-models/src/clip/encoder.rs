@@ -12,6 +12,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
 use crate::activation::Activation;
+use crate::linear3;
 
 /// Multi-head self-attention with biased q/k/v/out projections.
 #[derive(Module, Debug)]
@@ -49,9 +50,9 @@ impl<B: Backend> ClipAttention<B> {
             t.reshape([b, l, self.num_heads, d / self.num_heads])
                 .swap_dims(1, 2)
         };
-        let q = heads(self.q_proj.forward(x.clone()));
-        let k = heads(self.k_proj.forward(x.clone()));
-        let v = heads(self.v_proj.forward(x));
+        let q = heads(linear3(&self.q_proj, x.clone()));
+        let k = heads(linear3(&self.k_proj, x.clone()));
+        let v = heads(linear3(&self.v_proj, x));
         let options = AttentionModuleOptions {
             scale: None, // 1/sqrt(head_dim), as CLIP
             softcap: None,
@@ -85,7 +86,7 @@ impl<B: Backend> ClipMlp<B> {
 
     /// `[.., hidden] → [.., hidden]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.fc2.forward(self.act.forward(self.fc1.forward(x)))
+        linear3(&self.fc2, self.act.forward(linear3(&self.fc1, x)))
     }
 }
 

@@ -226,13 +226,25 @@ impl<B: Backend> ClipTextModel<B> {
         device: &Device<B>,
         dtype: Option<DType>,
     ) -> Result<Self> {
+        Self::from_pretrained_with(dir, device, None, dtype)
+    }
+
+    /// Like `from_pretrained_dtype`, reading the weights `model.<variant>.safetensors` (e.g.
+    /// `fp16`) when a variant is given.
+    pub fn from_pretrained_with(
+        dir: impl AsRef<Path>,
+        device: &Device<B>,
+        variant: Option<&str>,
+        dtype: Option<DType>,
+    ) -> Result<Self> {
         let dir = dir.as_ref();
         let config = ClipTextConfig::from_dir(dir)?;
         let mut loader = text_loader(false);
         if let Some(d) = dtype {
             loader = loader.dtype(d);
         }
-        loader.load_dir(Self::new(&config, device)?, dir, "model")
+        let stem = variant.map_or_else(|| "model".to_string(), |v| format!("model.{v}"));
+        loader.load_dir(Self::new(&config, device)?, dir, &stem)
     }
 
     /// See [`ClipTextTransformer::forward`].

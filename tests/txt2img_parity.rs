@@ -1,0 +1,205 @@
+//! `Txt2ImgPipeline` against diffusers' `StableDiffusionPipeline` on the tiny pipeline
+//! fixture: prompt ids and embeddings, every step's latents (PNDM, CFG 7.5), the final
+//! latents within 1e-4, the image within 1/255, a negative prompt, and Char-LDM's delayed
+//! conditioning (prompt A for step indices <= 1, then prompt B).
+//!
+//! The fixture folder holds configs, tokenizer and scheduler; the weights come from the
+//! `unet_tiny`, `vae_tiny` and `clip_text_tiny` fixtures (see its `assemble.json`).
+//! Regenerate: `.venv/bin/python scripts/reference/generate.py --only sd_tiny_pipeline`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::tensor::TensorData;
+use common::*;
+use storygpt::backend::default_device;
+use storygpt::core::Error;
+use storygpt::models::txt2img::{Txt2ImgPipeline, Txt2ImgRequest};
+
+/// Copies the pipeline folder and the component weights it references into a temp dir.
+fn assemble() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("sd_tiny_pipeline");
+    copy_dir(&src, dir.path());
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("assemble.json")).unwrap()).unwrap();
+    for (component, spec) in plan.as_object().unwrap() {
+        let to = dir.path().join(component);
+        std::fs::create_dir_all(&to).unwrap();
+        let from = fixture(spec["from"].as_str().unwrap());
+        for f in spec["files"].as_array().unwrap() {
+            let f = f.as_str().unwrap();
+            std::fs::copy(from.join(f), to.join(f)).unwrap();
+        }
+    }
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
+fn request(negative: &str, delayed: Option<(usize, String)>) -> Txt2ImgRequest {
+    Txt2ImgRequest {
+        prompt: "Fred walks into the kitchen.".into(),
+        negative_prompt: negative.into(),
+        height: 32,
+        width: 32,
+        num_inference_steps: 3,
+        guidance_scale: 7.5,
+        seed: 0,
+        delayed,
+    }
+}
+
+fn run(
+    pipe: &mut Txt2ImgPipeline<TB>,
+    g: &BTreeMap<String, TensorData>,
+    req: &Txt2ImgRequest,
+    prefix: &str,
+    step_key: &str,
+) {
+    let mut steps = Vec::new();
+    let out = pipe
+        .generate(req, Some(float(g, "latents_init")), &mut |s| {
+            steps.push(s.latents.clone())
+        })
+        .unwrap();
+    assert_eq!(
+        steps.len(),
+        4,
+        "PNDM with skip_prk_steps runs steps + 1 UNet calls"
+    );
+    for (i, l) in steps.into_iter().enumerate() {
+        assert_close(
+            &format!("{prefix}step {i} latents"),
+            l,
+            &g[&format!("{step_key}{i}")],
+            1e-4,
+        );
+    }
+    let final_key = if prefix == "delayed " {
+        "delayed_final_latents".to_string()
+    } else {
+        format!("{}final_latents", prefix.replace(' ', "_"))
+    };
+    assert_close(
+        &format!("{prefix}final latents"),
+        out.latents,
+        &g[&final_key],
+        1e-4,
+    );
+    let image_key = if prefix == "delayed " {
+        "delayed_image".to_string()
+    } else {
+        format!("{}image", prefix.replace(' ', "_"))
+    };
+    assert_close(
+        &format!("{prefix}image"),
+        out.image,
+        &g[&image_key],
+        1.0 / 255.0,
+    );
+    let want: Vec<u8> = g[&format!("{image_key}_u8")].clone().to_vec().unwrap();
+    let worst = out
+        .rgb8
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(worst <= 1, "{prefix}uint8 image differs by {worst}");
+}
+
+#[test]
+fn pipeline_matches_diffusers() {
+    let dir = assemble();
+    let mut pipe =
+        Txt2ImgPipeline::<TB>::from_pretrained(dir.path(), &default_device(), None, None).unwrap();
+    let g = golden("sd_tiny_pipeline");
+
+    // prompts
+    let ids: Vec<i64> = g["prompt_ids"].clone().convert::<i64>().to_vec().unwrap();
+    let ours: Vec<i64> = pipe
+        .tokenizer
+        .encode_padded("Fred walks into the kitchen.")
+        .unwrap()
+        .input_ids
+        .iter()
+        .map(|&i| i as i64)
+        .collect();
+    assert_eq!(ours, ids);
+    let emb = pipe
+        .encode_prompts(&["Fred walks into the kitchen.", ""])
+        .unwrap();
+    let [p, n] = emb.chunk(2, 0).try_into().unwrap();
+    assert_close("prompt embeds", p, &g["prompt_embeds"], 1e-4);
+    assert_close("negative embeds", n, &g["negative_embeds"], 1e-4);
+
+    run(&mut pipe, &g, &request("", None), "", "latents_step_");
+    run(
+        &mut pipe,
+        &g,
+        &request("blurry", None),
+        "blurry ",
+        "blurry_latents_step_",
+    );
+    run(
+        &mut pipe,
+        &g,
+        &request(
+            "",
+            Some((1, "Fred and Wilma walk into the kitchen.".into())),
+        ),
+        "delayed ",
+        "delayed_latents_step_",
+    );
+}
+
+#[test]
+fn bad_requests_are_typed_errors() {
+    let dir = assemble();
+    let mut pipe =
+        Txt2ImgPipeline::<TB>::from_pretrained(dir.path(), &default_device(), None, None).unwrap();
+    let mut ok = |r: Txt2ImgRequest| pipe.generate(&r, None, &mut |_| {});
+    let err = ok(Txt2ImgRequest {
+        num_inference_steps: 0,
+        ..request("", None)
+    })
+    .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    let err = ok(Txt2ImgRequest {
+        guidance_scale: f64::NAN,
+        ..request("", None)
+    })
+    .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    let err = ok(Txt2ImgRequest {
+        height: 30,
+        ..request("", None)
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("multiples of 4"), "{err}");
+
+    // a folder whose model_index names an unsupported component
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("model_index.json")).unwrap())
+            .unwrap();
+    index["unet"] = serde_json::json!(["diffusers", "UNet2DModel"]);
+    std::fs::write(dir.path().join("model_index.json"), index.to_string()).unwrap();
+    let err = Txt2ImgPipeline::<TB>::from_pretrained(dir.path(), &default_device(), None, None)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("UNet2DModel"), "{err}");
+}
