@@ -138,7 +138,7 @@ fn tables(dir: &Path, n: usize) -> (Vec<f64>, Option<Vec<f64>>) {
 }
 
 /// Timesteps must be identical, except with Euler's Karras σ's: there fractional timesteps come
-/// from mapping σ back to t through the log-σ table, and torch's CPU `sqrt` (MKL) and numpy's
+/// from mapping σ back to t through the log-σ table, and torch's CPU `sqrt` and numpy's
 /// float32 `log` (SIMD) are not correctly rounded while ours are; the one-ulp differences in
 /// those tables move a few timesteps by up to ~1e-4 (measured 3.1e-5, two float32 ulps at
 /// t = 146). The timesteps only reach the model, so the trajectory still matches to 1e-4.
@@ -218,8 +218,8 @@ fn check(folder: &str) {
     for (i, (a, b)) in alphas_cumprod.iter().zip(&reference).enumerate() {
         assert!(a == b, "{folder}: alphas_cumprod[{i}]: rust={a} python={b}");
     }
-    // σ tables to one float32 ulp: torch's CPU `sqrt` (MKL's vsSqrt) is not correctly rounded
-    // (about 1 value in 5 of the SD table is one ulp low); ours is.
+    // σ tables to one float32 ulp: torch's CPU `sqrt` is not correctly rounded
+    // (190 of the 1000 SD σ's are one ulp off); ours is.
     if let Some(sigmas) = sigmas {
         let reference = f64s(&g, "sigmas");
         assert_eq!(sigmas.len(), reference.len(), "{folder}: number of sigmas");

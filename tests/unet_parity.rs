@@ -106,3 +106,37 @@ fn bad_inputs_are_typed_errors() {
     let _: UNet2DConditionConfig =
         serde_json::from_slice(&std::fs::read(fixture("unet_tiny/config.json")).unwrap()).unwrap();
 }
+
+/// Captured probabilities equal diffusers' `AttnProcessor` on every attn2 layer (batch
+/// element 0 stored in full, both elements through their sum over pixels).
+#[test]
+fn captured_probabilities_match_diffusers_attn_processor() {
+    let model = unet();
+    let g = golden("unet_tiny_attn");
+    let mut capture =
+        storygpt::models::attention::AttentionCapture::new(model.cross_attention_layers());
+    let out = model.forward_with_capture(
+        float(&g, "sample"),
+        timesteps(&g),
+        float(&g, "encoder_hidden_states"),
+        &mut capture,
+    );
+    assert_close("unet_tiny_attn out", out, &g["out"], 1e-4);
+    for (name, p) in &capture.probs {
+        let [b, h, hw, l] = p.dims();
+        let first = p.clone().slice([0..1, 0..h, 0..hw, 0..l]);
+        assert_close(
+            &format!("probs {name}"),
+            first,
+            &g[&format!("probs.{name}")],
+            1e-5,
+        );
+        let summed = p.clone().sum_dim(2).reshape([b, h, l]);
+        assert_close(
+            &format!("sum over pixels {name}"),
+            summed,
+            &g[&format!("probs_hw_sum.{name}")],
+            1e-4,
+        );
+    }
+}

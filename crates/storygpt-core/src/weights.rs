@@ -77,6 +77,13 @@ pub struct WeightLoader {
     dtype: Option<DType>,
 }
 
+/// The outcome of matching a checkpoint to a module: which (remapped) keys to apply and the
+/// float dtype of each parameter.
+struct Plan {
+    used: BTreeSet<String>,
+    target_dtypes: HashMap<String, DType>,
+}
+
 /// One tensor as described by a safetensors header.
 #[derive(Debug, Clone)]
 struct FileTensor {
@@ -165,33 +172,101 @@ impl WeightLoader {
         report_path: &Path,
     ) -> Result<M> {
         let remapper = self.remapper()?;
-        let ignore = self.ignore_patterns()?;
 
-        // 1. Read and validate every header; map remapped key -> tensor description.
-        let mut tensors: BTreeMap<String, FileTensor> = BTreeMap::new();
+        // 1. Read and validate every header.
+        let mut headers = Vec::new();
         for file in files {
-            for t in read_header(file)? {
-                let mapped = remap_key(&remapper, &t.key);
-                if let Some(prev) = tensors.get(&mapped) {
-                    return Err(Error::Load {
-                        path: report_path.to_path_buf(),
-                        message: format!(
-                            "keys `{}` ({}) and `{}` ({}) both map to `{mapped}`",
-                            prev.key,
-                            prev.file.display(),
-                            t.key,
-                            t.file.display()
-                        ),
-                    });
-                }
-                tensors.insert(mapped, t);
+            headers.extend(read_header(file)?);
+        }
+        // 2.-3. Match against the module's parameters; every problem is an error here.
+        let plan = self.plan(&module, headers, report_path)?;
+        let (used, target_dtypes) = (plan.used, plan.target_dtypes);
+
+        // 4. Everything checks out: apply through burn-store.
+        let mut snapshots: Vec<TensorSnapshot> = Vec::with_capacity(used.len());
+        for file in files {
+            let mut store = SafetensorsStore::from_file(file).remap(remapper.clone());
+            let all = store.get_all_snapshots().map_err(|e| Error::Safetensors {
+                path: file.clone(),
+                reason: e.to_string(),
+            })?;
+            snapshots.extend(
+                all.iter()
+                    .filter(|(k, _)| used.contains(*k))
+                    .map(|(_, s)| s.clone()),
+            );
+        }
+        let adapter = LoadAdapter {
+            layout: self.layout,
+            target_dtypes,
+        };
+        let result = module.apply(snapshots, None, Some(Box::new(adapter)), true);
+        if !result.errors.is_empty() || !result.missing.is_empty() {
+            return Err(Error::Load {
+                path: report_path.to_path_buf(),
+                message: result.to_string(),
+            });
+        }
+        tracing::debug!(
+            file = %report_path.display(),
+            tensors = result.applied.len(),
+            "loaded weights"
+        );
+        Ok(module)
+    }
+
+    /// Checks that a checkpoint with these tensors (key, shape; any float dtype) would load
+    /// into `module` without error, without reading or allocating any weights. Used to prove
+    /// full key coverage of real model layouts (e.g. SD 1.5's 686 UNet tensors) from key lists.
+    pub fn check_keys<B: Backend, M: Module<B>>(
+        &self,
+        module: &M,
+        keys: impl IntoIterator<Item = (String, Vec<usize>)>,
+        source: &Path,
+    ) -> Result<()> {
+        let tensors = keys
+            .into_iter()
+            .map(|(key, shape)| FileTensor {
+                file: source.to_path_buf(),
+                key,
+                dtype: safetensors::Dtype::F32,
+                shape,
+            })
+            .collect();
+        self.plan(module, tensors, source).map(|_| ())
+    }
+
+    /// Matches checkpoint tensors to the module's parameters (steps 2 and 3 of a load).
+    fn plan<B: Backend, M: Module<B>>(
+        &self,
+        module: &M,
+        headers: Vec<FileTensor>,
+        report_path: &Path,
+    ) -> Result<Plan> {
+        let remapper = self.remapper()?;
+        let ignore = self.ignore_patterns()?;
+        let mut tensors: BTreeMap<String, FileTensor> = BTreeMap::new();
+        for t in headers {
+            let mapped = remap_key(&remapper, &t.key);
+            if let Some(prev) = tensors.get(&mapped) {
+                return Err(Error::Load {
+                    path: report_path.to_path_buf(),
+                    message: format!(
+                        "keys `{}` ({}) and `{}` ({}) both map to `{mapped}`",
+                        prev.key,
+                        prev.file.display(),
+                        t.key,
+                        t.file.display()
+                    ),
+                });
             }
+            tensors.insert(mapped, t);
         }
 
-        // 2. Inventory the module's parameters without initialising them.
-        let params = ParamInventory::of(&module);
+        // Inventory the module's parameters without initialising them.
+        let params = ParamInventory::of(module);
 
-        // 3. Match parameters to tensors and check dtype and shape.
+        // Match parameters to tensors and check dtype and shape.
         let mut used: BTreeSet<String> = BTreeSet::new();
         let mut missing = Vec::new();
         let mut problems = Vec::new();
@@ -256,38 +331,10 @@ impl WeightLoader {
                 keys: unused,
             });
         }
-
-        // 4. Everything checks out: apply through burn-store.
-        let mut snapshots: Vec<TensorSnapshot> = Vec::with_capacity(tensors.len());
-        for file in files {
-            let mut store = SafetensorsStore::from_file(file).remap(remapper.clone());
-            let all = store.get_all_snapshots().map_err(|e| Error::Safetensors {
-                path: file.clone(),
-                reason: e.to_string(),
-            })?;
-            snapshots.extend(
-                all.iter()
-                    .filter(|(k, _)| used.contains(*k))
-                    .map(|(_, s)| s.clone()),
-            );
-        }
-        let adapter = LoadAdapter {
-            layout: self.layout,
+        Ok(Plan {
+            used,
             target_dtypes,
-        };
-        let result = module.apply(snapshots, None, Some(Box::new(adapter)), true);
-        if !result.errors.is_empty() || !result.missing.is_empty() {
-            return Err(Error::Load {
-                path: report_path.to_path_buf(),
-                message: result.to_string(),
-            });
-        }
-        tracing::debug!(
-            file = %report_path.display(),
-            tensors = result.applied.len(),
-            "loaded weights"
-        );
-        Ok(module)
+        })
     }
 
     /// The checkpoint keys (after remapping) that can provide parameter `p`, in order.
@@ -603,16 +650,21 @@ struct ParamInventory {
 
 impl ParamInventory {
     fn of<B: Backend, M: Module<B>>(module: &M) -> Self {
-        let device = module.devices().into_iter().next().unwrap_or_default();
-        let default_float = Tensor::<B, 1>::zeros([1], &device).dtype();
-        let mut inv = ParamInventory {
-            path: Vec::new(),
-            containers: Vec::new(),
-            params: Vec::new(),
-            default_float,
+        // `Module::devices` would initialise every lazy parameter; the visitor records the
+        // first parameter's device lazily instead.
+        let mut visitor = InventoryVisitor::<B> {
+            inv: ParamInventory {
+                path: Vec::new(),
+                containers: Vec::new(),
+                params: Vec::new(),
+                default_float: DType::F32,
+            },
+            device: None,
         };
-        module.visit(&mut inv);
-        inv
+        module.visit(&mut visitor);
+        let device = visitor.device.unwrap_or_default();
+        visitor.inv.default_float = Tensor::<B, 1>::zeros([1], &device).dtype();
+        visitor.inv
     }
 
     fn record(&mut self, kind: ParamKind, shape: Vec<usize>, dtype: Option<DType>) {
@@ -632,33 +684,44 @@ impl ParamInventory {
     }
 }
 
-impl<B: Backend> ModuleVisitor<B> for ParamInventory {
+struct InventoryVisitor<B: Backend> {
+    inv: ParamInventory,
+    device: Option<B::Device>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for InventoryVisitor<B> {
     fn enter_module(&mut self, name: &str, container_type: &str) {
         // Enum variants are not part of checkpoint keys (see the module docs).
         if !container_type.starts_with("Enum:") {
-            self.path.push(name.to_string());
+            self.inv.path.push(name.to_string());
         }
-        self.containers.push(container_type.to_string());
+        self.inv.containers.push(container_type.to_string());
     }
 
     fn exit_module(&mut self, _name: &str, container_type: &str) {
         if !container_type.starts_with("Enum:") {
-            self.path.pop();
+            self.inv.path.pop();
         }
-        self.containers.pop();
+        self.inv.containers.pop();
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.device.get_or_insert_with(|| param.lazy_device());
         let dtype = param.is_initialized().then(|| param.val().dtype());
-        self.record(ParamKind::Float, param.lazy_shape().to_vec(), dtype);
+        self.inv
+            .record(ParamKind::Float, param.lazy_shape().to_vec(), dtype);
     }
 
     fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<B, D, Int>>) {
-        self.record(ParamKind::Int, param.lazy_shape().to_vec(), None);
+        self.device.get_or_insert_with(|| param.lazy_device());
+        self.inv
+            .record(ParamKind::Int, param.lazy_shape().to_vec(), None);
     }
 
     fn visit_bool<const D: usize>(&mut self, param: &Param<Tensor<B, D, Bool>>) {
-        self.record(ParamKind::Bool, param.lazy_shape().to_vec(), None);
+        self.device.get_or_insert_with(|| param.lazy_device());
+        self.inv
+            .record(ParamKind::Bool, param.lazy_shape().to_vec(), None);
     }
 }
 

@@ -377,13 +377,7 @@ impl<B: Backend> AutoencoderKL<B> {
     ) -> Result<Self> {
         let dir = dir.as_ref();
         let config = AutoencoderKLConfig::from_dir(dir)?;
-        // Old SD VAE files name the mid-block attention `query/key/value/proj_attn`
-        // (diffusers renames them at load time too).
-        let mut loader = WeightLoader::new()
-            .remap(r"(attentions\.\d+)\.query\.", "$1.to_q.")
-            .remap(r"(attentions\.\d+)\.key\.", "$1.to_k.")
-            .remap(r"(attentions\.\d+)\.value\.", "$1.to_v.")
-            .remap(r"(attentions\.\d+)\.proj_attn\.", "$1.to_out.0.");
+        let mut loader = Self::weight_loader();
         if let Some(d) = dtype {
             loader = loader.dtype(d);
         }
@@ -392,6 +386,16 @@ impl<B: Backend> AutoencoderKL<B> {
             None => "diffusion_pytorch_model".to_string(),
         };
         loader.load_dir(Self::new(&config, device)?, dir, &stem)
+    }
+
+    /// The key rules of diffusers VAE checkpoints: old SD VAE files name the mid-block
+    /// attention `query/key/value/proj_attn` (diffusers renames them at load time too).
+    pub fn weight_loader() -> WeightLoader {
+        WeightLoader::new()
+            .remap(r"(attentions\.\d+)\.query\.", "$1.to_q.")
+            .remap(r"(attentions\.\d+)\.key\.", "$1.to_k.")
+            .remap(r"(attentions\.\d+)\.value\.", "$1.to_v.")
+            .remap(r"(attentions\.\d+)\.proj_attn\.", "$1.to_out.0.")
     }
 
     /// Checks an image batch before [`Autoencoder::encode`].

@@ -427,9 +427,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
     ) -> Result<Self> {
         let dir = dir.as_ref();
         let config = UNet2DConditionConfig::from_dir(dir)?;
-        // `ff.net.0` (GEGLU) and `ff.net.2` (Linear) are one PyTorch list of mixed types; the
-        // burn fields are `net_0` / `net_2`.
-        let mut loader = WeightLoader::new().remap(r"\.ff\.net\.(\d+)\.", ".ff.net_$1.");
+        let mut loader = Self::weight_loader();
         if let Some(d) = dtype {
             loader = loader.dtype(d);
         }
@@ -438,6 +436,12 @@ impl<B: Backend> UNet2DConditionModel<B> {
             None => "diffusion_pytorch_model".to_string(),
         };
         loader.load_dir(Self::new(&config, device)?, dir, &stem)
+    }
+
+    /// The key rules of diffusers UNet checkpoints: `ff.net.0` (GEGLU) and `ff.net.2` (Linear)
+    /// are one PyTorch list of mixed types; the burn fields are `net_0` / `net_2`.
+    pub fn weight_loader() -> WeightLoader {
+        WeightLoader::new().remap(r"\.ff\.net\.(\d+)\.", ".ff.net_$1.")
     }
 
     /// Checks shapes before a forward: channels, divisibility by the downsampling factor,

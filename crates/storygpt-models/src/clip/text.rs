@@ -251,6 +251,11 @@ impl<B: Backend> ClipTextModel<B> {
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> ClipTextOutput<B> {
         self.text_model.forward(input_ids, false)
     }
+
+    /// The key rules of CLIP text checkpoints (both transformers layouts, full CLIP folders).
+    pub fn weight_loader() -> WeightLoader {
+        text_loader(false)
+    }
 }
 
 impl<B: Backend> ClipTextModelWithProjection<B> {

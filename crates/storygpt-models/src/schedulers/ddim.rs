@@ -72,7 +72,7 @@ impl DdimSchedulerConfig {
 }
 
 impl ConfigFile for DdimSchedulerConfig {
-    const FILE_NAME: &'static str = "scheduler_config.json";
+    const FILE_NAME: &'static str = super::CONFIG_FILE;
 
     fn validate(&self) -> std::result::Result<(), String> {
         self.common.validate()?;

@@ -77,7 +77,7 @@ impl Default for DdpmSchedulerConfig {
 }
 
 impl ConfigFile for DdpmSchedulerConfig {
-    const FILE_NAME: &'static str = "scheduler_config.json";
+    const FILE_NAME: &'static str = super::CONFIG_FILE;
 
     fn validate(&self) -> std::result::Result<(), String> {
         self.common.validate()?;

@@ -143,7 +143,7 @@ impl Default for DpmSolverMultistepSchedulerConfig {
 }
 
 impl ConfigFile for DpmSolverMultistepSchedulerConfig {
-    const FILE_NAME: &'static str = "scheduler_config.json";
+    const FILE_NAME: &'static str = super::CONFIG_FILE;
 
     fn validate(&self) -> std::result::Result<(), String> {
         self.common.validate()?;

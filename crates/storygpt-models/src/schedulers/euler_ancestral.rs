@@ -41,7 +41,7 @@ impl Default for EulerAncestralDiscreteSchedulerConfig {
 }
 
 impl ConfigFile for EulerAncestralDiscreteSchedulerConfig {
-    const FILE_NAME: &'static str = "scheduler_config.json";
+    const FILE_NAME: &'static str = super::CONFIG_FILE;
 
     fn validate(&self) -> std::result::Result<(), String> {
         self.common.validate()?;

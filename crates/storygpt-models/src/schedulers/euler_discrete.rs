@@ -94,7 +94,7 @@ impl Default for EulerDiscreteSchedulerConfig {
 }
 
 impl ConfigFile for EulerDiscreteSchedulerConfig {
-    const FILE_NAME: &'static str = "scheduler_config.json";
+    const FILE_NAME: &'static str = super::CONFIG_FILE;
 
     fn validate(&self) -> std::result::Result<(), String> {
         self.common.validate()?;

@@ -17,8 +17,9 @@
 //!
 //! **Numerics.** diffusers keeps `betas`, `alphas_cumprod` and the σ tables as float32; the
 //! tables here hold exactly those float32 values (as `f64`), computed the way torch computes
-//! them ([`torch_linspace_f32`], a cumulative product accumulated in f64), so timesteps and
-//! σ's match bit for bit. Step coefficients are then computed in f64 from those values (diffusers
+//! them ([`torch_linspace_f32`], a cumulative product accumulated in f64), so timesteps and ᾱ
+//! match bit for bit, and σ to one float32 ulp (torch's CPU `sqrt` is not correctly rounded).
+//! Step coefficients are then computed in f64 from those values (diffusers
 //! does that arithmetic on 0-d float32 tensors; the difference is below 1e-6 relative) and
 //! applied to the tensors in their own dtype.
 
@@ -27,17 +28,22 @@ pub mod ddpm;
 pub mod dpm_solver_multistep;
 pub mod euler_ancestral;
 pub mod euler_discrete;
+mod json;
 pub mod pndm;
+mod ranges;
 mod sigmas;
 
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use storygpt_core::config::parse_json;
 use storygpt_core::{ConfigFile, Error, NoiseScheduler, PredictionType, Result};
+
+use json::read_scheduler_json;
+pub(crate) use json::{json_f64, read_config};
+pub use ranges::torch_linspace_f32;
+pub(crate) use ranges::{numpy_arange, numpy_linspace, spaced_timesteps};
 
 pub use ddim::{DdimScheduler, DdimSchedulerConfig};
 pub use ddpm::{DdpmScheduler, DdpmSchedulerConfig, VarianceType};
@@ -47,6 +53,9 @@ pub use dpm_solver_multistep::{
 pub use euler_ancestral::{EulerAncestralDiscreteScheduler, EulerAncestralDiscreteSchedulerConfig};
 pub use euler_discrete::{EulerDiscreteScheduler, EulerDiscreteSchedulerConfig};
 pub use pndm::{PndmScheduler, PndmSchedulerConfig};
+
+/// The config file of a scheduler folder.
+pub const CONFIG_FILE: &str = "scheduler_config.json";
 
 /// How β_t grows over the training timesteps (diffusers' `beta_schedule`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -234,89 +243,6 @@ impl SchedulerBaseConfig {
     }
 }
 
-/// `torch.linspace(start, end, steps, dtype=torch.float32)` bit for bit: torch's CPU kernel
-/// computes `start + step·i` for the first half and `end − step·(steps−1−i)` for the second, in
-/// float32, and its AVX2/AVX-512 builds fuse each into one multiply-add.
-pub fn torch_linspace_f32(start: f64, end: f64, steps: usize) -> Vec<f32> {
-    let (start, end) = (start as f32, end as f32);
-    if steps <= 1 {
-        return vec![start; steps];
-    }
-    let step = (end - start) / (steps - 1) as f32;
-    let halfway = steps / 2;
-    (0..steps)
-        .map(|i| {
-            if i < halfway {
-                step.mul_add(i as f32, start)
-            } else {
-                (-step).mul_add((steps - 1 - i) as f32, end)
-            }
-        })
-        .collect()
-}
-
-/// `numpy.linspace(start, stop, num)` (float64, endpoint included): `start + i·step`, with the
-/// last value set to `stop`.
-pub(crate) fn numpy_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
-    if num == 1 {
-        return vec![start];
-    }
-    let step = (stop - start) / (num - 1) as f64;
-    let mut y: Vec<f64> = (0..num).map(|i| i as f64 * step + start).collect();
-    if let Some(last) = y.last_mut() {
-        *last = stop;
-    }
-    y
-}
-
-/// `numpy.arange(start, stop, step)` for floats: `ceil((stop − start) / step)` values
-/// `start + i·δ`, where numpy re-derives δ as `(start + step) − start`.
-pub(crate) fn numpy_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
-    let len = ((stop - start) / step).ceil().max(0.0) as usize;
-    let delta = (start + step) - start;
-    (0..len)
-        .map(|i| {
-            if i == 1 {
-                start + step
-            } else {
-                start + i as f64 * delta
-            }
-        })
-        .collect()
-}
-
-/// The descending inference timesteps DDPM, DDIM and Euler share (diffusers' `set_timesteps`),
-/// before rounding: `linspace` values are fractional here; DDPM / DDIM round them half to even,
-/// Euler keeps them as float32.
-pub(crate) fn spaced_timesteps(
-    spacing: TimestepSpacing,
-    num_inference_steps: usize,
-    num_train_timesteps: usize,
-    steps_offset: usize,
-) -> Vec<f64> {
-    let (n, t) = (num_inference_steps, num_train_timesteps);
-    match spacing {
-        TimestepSpacing::Linspace => numpy_linspace(0.0, (t - 1) as f64, n)
-            .into_iter()
-            .rev()
-            .collect(),
-        TimestepSpacing::Leading => {
-            let step_ratio = t / n;
-            (0..n)
-                .rev()
-                .map(|i| (i * step_ratio + steps_offset) as f64)
-                .collect()
-        }
-        TimestepSpacing::Trailing => {
-            let step_ratio = t as f64 / n as f64;
-            numpy_arange(t as f64, 0.0, -step_ratio)
-                .into_iter()
-                .map(|x| x.round_ties_even() - 1.0)
-                .collect()
-        }
-    }
-}
-
 /// `set_timesteps`' argument check, shared by every scheduler.
 pub(crate) fn check_num_inference_steps(n: usize, num_train_timesteps: usize) -> Result<()> {
     if n == 0 {
@@ -365,8 +291,13 @@ pub(crate) fn table_index(t: f64, len: usize) -> usize {
 
 /// A `[batch, 1, 1, 1]` tensor of per-sample factors in `like`'s dtype and device, for
 /// broadcasting over `[batch, c, h, w]`.
+///
+/// # Panics
+/// If there is not one value per sample (the `add_noise` contract).
 pub(crate) fn per_sample<B: Backend>(values: Vec<f64>, like: &Tensor<B, 4>) -> Tensor<B, 4> {
     let n = values.len();
+    let batch = like.dims()[0];
+    assert_eq!(n, batch, "add_noise: {n} timesteps for a batch of {batch}");
     let values: Vec<f32> = values.into_iter().map(|v| v as f32).collect();
     Tensor::from_data(
         TensorData::new(values, [n, 1, 1, 1]),
@@ -382,13 +313,6 @@ pub(crate) fn add_noise_alpha<B: Backend>(
     noise: Tensor<B, 4>,
     timesteps: &[f64],
 ) -> Tensor<B, 4> {
-    let batch = original.dims()[0];
-    assert_eq!(
-        timesteps.len(),
-        batch,
-        "add_noise: {} timesteps for a batch of {batch}",
-        timesteps.len()
-    );
     let alpha_prod: Vec<f64> = timesteps
         .iter()
         .map(|&t| alphas_cumprod[table_index(t, alphas_cumprod.len())])
@@ -399,73 +323,6 @@ pub(crate) fn add_noise_alpha<B: Backend>(
         &original,
     );
     original * sqrt_alpha_prod + noise * sqrt_one_minus_alpha_prod
-}
-
-/// Reads a `scheduler_config.json`, accepting the bare `NaN`, `Infinity` and `-Infinity` that
-/// Python's `json` writes (diffusers saves `"lambda_min_clipped": -Infinity`): outside strings
-/// they become the strings `"NaN"`, `"Infinity"`, `"-Infinity"`, which [`json_f64`] reads back.
-pub(crate) fn read_scheduler_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    parse_json(path, &quote_non_finite(&bytes))
-}
-
-fn quote_non_finite(json: &[u8]) -> Vec<u8> {
-    const WORDS: [&[u8]; 3] = [b"-Infinity", b"Infinity", b"NaN"];
-    let mut out = Vec::with_capacity(json.len() + 16);
-    let (mut i, mut in_string, mut escaped) = (0, false, false);
-    while i < json.len() {
-        let c = json[i];
-        if in_string {
-            in_string = escaped || c != b'"';
-            escaped = !escaped && c == b'\\';
-        } else if c == b'"' {
-            in_string = true;
-        } else if let Some(word) = WORDS.iter().find(|w| json[i..].starts_with(w)) {
-            out.push(b'"');
-            out.extend_from_slice(word);
-            out.push(b'"');
-            i += word.len();
-            continue;
-        }
-        out.push(c);
-        i += 1;
-    }
-    out
-}
-
-/// Deserialises an `f64` written as a JSON number or as one of the strings `"NaN"`,
-/// `"Infinity"`, `"-Infinity"` (see [`read_scheduler_json`]).
-pub(crate) fn json_f64<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<f64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum NumberOrWord {
-        Number(f64),
-        Word(String),
-    }
-    match NumberOrWord::deserialize(d)? {
-        NumberOrWord::Number(x) => Ok(x),
-        NumberOrWord::Word(w) => match w.as_str() {
-            "NaN" => Ok(f64::NAN),
-            "Infinity" => Ok(f64::INFINITY),
-            "-Infinity" => Ok(f64::NEG_INFINITY),
-            other => Err(serde::de::Error::custom(format!(
-                "expected a number, found the string {other:?}"
-            ))),
-        },
-    }
-}
-
-/// Reads and validates a scheduler config file (the `ConfigFile::from_file` of every scheduler
-/// config here, so that Python's non-finite literals load).
-pub(crate) fn read_config<C: ConfigFile>(path: &Path) -> Result<C> {
-    let config: C = read_scheduler_json(path)?;
-    config.validate().map_err(|message| Error::InvalidConfig {
-        path: Some(path.to_path_buf()),
-        message,
-    })?;
-    Ok(config)
 }
 
 /// An in-memory config's validation error.
@@ -520,9 +377,7 @@ impl SchedulerKind {
     pub fn from_class_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.class_name() == name)
     }
-}
 
-impl SchedulerKind {
     /// The kind that `dir/scheduler_config.json` names in `_class_name`.
     ///
     /// Errors: [`Error::MissingConfigField`] without `_class_name`, [`Error::InvalidConfig`]
@@ -533,7 +388,7 @@ impl SchedulerKind {
             #[serde(rename = "_class_name")]
             class_name: String,
         }
-        let path = dir.as_ref().join(DdpmSchedulerConfig::FILE_NAME);
+        let path = dir.as_ref().join(CONFIG_FILE);
         let ClassName { class_name } = read_scheduler_json(&path)?;
         Self::from_class_name(&class_name).ok_or_else(|| {
             let supported: Vec<_> = Self::ALL.iter().map(|k| k.class_name()).collect();
@@ -605,49 +460,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn torch_linspace_matches_torch_values() {
-        // Bit patterns of torch.linspace(a, b, 1000, dtype=torch.float32)[i] (torch 2.9, CPU).
-        let linear = torch_linspace_f32(0.0001, 0.02, 1000);
-        let scaled = torch_linspace_f32(0.00085f64.sqrt(), 0.012f64.sqrt(), 1000);
-        let expected: [(&[f32], usize, u32); 8] = [
-            (&linear, 0, 0x38d1_b717),
-            (&linear, 1, 0x38fb_7d84),
-            (&linear, 333, 0x3bdc_a34c),
-            (&linear, 500, 0x3c24_d287),
-            (&linear, 999, 0x3ca3_d70a),
-            (&scaled, 1, 0x3cef_7eb8),
-            (&scaled, 499, 0x3d8d_f216),
-            (&scaled, 998, 0x3de0_2eae),
-        ];
-        for (values, i, bits) in expected {
-            assert_eq!(values[i].to_bits(), bits, "index {i}: {}", values[i]);
-        }
-    }
-
-    #[test]
     fn sd_alphas_cumprod_end_points() {
         // diffusers: alphas_cumprod[0] = 0.99915, alphas_cumprod[999] = 0.0046600 (float32).
         let ac = SchedulerBaseConfig::sd_v1().alphas_cumprod();
         assert_eq!(ac.len(), 1000);
         assert_eq!(ac[0] as f32, 0.99915f32);
         assert!((ac[999] - 0.004_660_0).abs() < 1e-7, "{}", ac[999]);
-    }
-
-    #[test]
-    fn numpy_arange_counts_like_numpy() {
-        // np.arange(1000, 0, -1000/7) has 7 values; np.arange(1000, 0, -100.0) has 10.
-        assert_eq!(numpy_arange(1000.0, 0.0, -1000.0 / 7.0).len(), 7);
-        assert_eq!(numpy_arange(1000.0, 0.0, -100.0).len(), 10);
-    }
-
-    #[test]
-    fn non_finite_literals_are_quoted_outside_strings_only() {
-        let json = br#"{"a": -Infinity, "b": "NaN -Infinity \"Infinity", "c": [NaN, Infinity]}"#;
-        let out = String::from_utf8(quote_non_finite(json)).unwrap();
-        assert_eq!(
-            out,
-            r#"{"a": "-Infinity", "b": "NaN -Infinity \"Infinity", "c": ["NaN", "Infinity"]}"#
-        );
     }
 
     #[test]

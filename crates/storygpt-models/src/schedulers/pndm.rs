@@ -64,7 +64,7 @@ impl PndmSchedulerConfig {
 }
 
 impl ConfigFile for PndmSchedulerConfig {
-    const FILE_NAME: &'static str = "scheduler_config.json";
+    const FILE_NAME: &'static str = super::CONFIG_FILE;
 
     fn validate(&self) -> std::result::Result<(), String> {
         self.common.validate()?;

@@ -4,7 +4,8 @@
 //! numpy float64 for the rest).
 
 /// σ_t for t = 0..T, computed like `((1 - alphas_cumprod) / alphas_cumprod) ** 0.5` on a float32
-/// tensor (each operation rounded to float32).
+/// tensor, each operation rounded to float32. torch's CPU `sqrt` is not correctly rounded and
+/// this one is, so about 1 value in 5 differs from diffusers' by one float32 ulp.
 pub(crate) fn sigma_table(alphas_cumprod: &[f64]) -> Vec<f32> {
     alphas_cumprod
         .iter()
