@@ -67,3 +67,75 @@ fn inspect_summarises_a_model_folder_and_rejects_a_corrupt_file() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `storygpt txt2img` on the tiny pipeline writes a PNG of the requested size, and the same
+/// seed gives the same bytes.
+#[test]
+fn txt2img_writes_a_deterministic_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for entry in std::fs::read_dir(fixtures.join("sd_tiny_pipeline")).unwrap() {
+        let p = entry.unwrap().path();
+        let dest = dir.path().join(p.file_name().unwrap());
+        if p.is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+            for f in std::fs::read_dir(&p).unwrap() {
+                let f = f.unwrap().path();
+                std::fs::copy(&f, dest.join(f.file_name().unwrap())).unwrap();
+            }
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+    for (component, from, weights) in [
+        ("unet", "unet_tiny", "diffusion_pytorch_model.safetensors"),
+        ("vae", "vae_tiny", "diffusion_pytorch_model.safetensors"),
+        ("text_encoder", "clip_text_tiny", "model.safetensors"),
+    ] {
+        let to = dir.path().join(component);
+        std::fs::create_dir_all(&to).unwrap();
+        for f in ["config.json", weights] {
+            std::fs::copy(fixtures.join(from).join(f), to.join(f)).unwrap();
+        }
+    }
+    let model = dir.path().to_str().unwrap().to_string();
+    let mut pngs = Vec::new();
+    for name in ["a.png", "b.png"] {
+        let out = dir.path().join(name);
+        let (ok, _, stderr) = storygpt(&[
+            "txt2img",
+            "--model",
+            &model,
+            "--prompt",
+            "Fred walks into the kitchen.",
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "4",
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--seed",
+            "7",
+        ]);
+        assert!(ok, "{stderr}");
+        let img = image::open(&out).unwrap();
+        assert_eq!((img.width(), img.height()), (32, 32));
+        pngs.push(std::fs::read(&out).unwrap());
+    }
+    assert_eq!(pngs[0], pngs[1], "same seed, same image");
+
+    let (ok, _, stderr) = storygpt(&[
+        "txt2img",
+        "--model",
+        &model,
+        "--prompt",
+        "x",
+        "--out",
+        "/tmp/x.jpg",
+        "--steps",
+        "1",
+    ]);
+    assert!(!ok && stderr.contains("must end in .png"), "{stderr}");
+}

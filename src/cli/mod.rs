@@ -7,6 +7,7 @@ use crate::backend::BackendKind;
 
 mod info;
 mod inspect;
+mod txt2img;
 
 /// StoryGPT-V story visualization (Char-LDM + LLM) on burn.
 #[derive(Debug, Parser)]
@@ -34,6 +35,31 @@ pub enum Command {
     /// Validate and summarise a checkpoint: a `.safetensors` file, a sharded
     /// `*.safetensors.index.json`, or a Hugging Face / diffusers model folder.
     Inspect(inspect::InspectArgs),
+    /// Generate one image with a diffusers Stable Diffusion folder.
+    Txt2img(txt2img::Txt2ImgArgs),
+}
+
+/// Runs `$f::<Backend>(args..., &device)` on the backend `$kind` (one of the compiled-in ones;
+/// `BackendKind::parse` has already rejected the others).
+macro_rules! on_backend {
+    ($kind:expr, $($f:ident)::+, $($arg:expr),*) => {{
+        use crate::backend::BackendKind as K;
+        match $kind {
+            #[cfg(feature = "flex")]
+            K::Flex => $($f)::+::<crate::backend::Flex>($($arg,)* &Default::default()),
+            #[cfg(feature = "ndarray")]
+            K::NdArray => $($f)::+::<crate::backend::NdArray>($($arg,)* &Default::default()),
+            #[cfg(feature = "tch")]
+            K::Tch => $($f)::+::<crate::backend::LibTorch>($($arg,)* &Default::default()),
+            #[cfg(feature = "cuda")]
+            K::Cuda => $($f)::+::<crate::backend::Cuda>($($arg,)* &Default::default()),
+            #[allow(unreachable_patterns)]
+            other => Err(crate::Error::BackendUnavailable {
+                name: other.name().into(),
+                reason: "not compiled in".into(),
+            }),
+        }
+    }};
 }
 
 /// Runs the CLI.
@@ -46,6 +72,7 @@ pub fn run(args: Args) -> crate::Result<()> {
     match args.command {
         Command::Info => info::run(backend),
         Command::Inspect(a) => inspect::run(&a),
+        Command::Txt2img(a) => on_backend!(backend, txt2img::run, &a),
     }
 }
 
