@@ -38,7 +38,7 @@ use std::path::Path;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
-use storygpt_core::{ConfigFile, Error, NoiseScheduler, PredictionType, Result};
+use storygpt_core::{Error, NoiseScheduler, PredictionType, Result};
 
 use json::read_scheduler_json;
 pub(crate) use json::{json_f64, read_config};
@@ -441,7 +441,7 @@ pub(crate) mod test_util {
 
     /// Writes `json` as `dir/scheduler_config.json`.
     pub fn write_config(dir: &Path, json: &str) {
-        std::fs::write(dir.join("scheduler_config.json"), json).unwrap();
+        std::fs::write(dir.join(super::CONFIG_FILE), json).unwrap();
     }
 
     /// A config with SD 1.x's betas plus `extra` (a JSON object body without braces).

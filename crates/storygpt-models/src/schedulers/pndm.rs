@@ -356,8 +356,8 @@ impl<B: Backend> NoiseScheduler<B> for PndmScheduler<B> {
     /// | Δ | `T // num_inference_steps` | the stride between full steps |
     /// | φ(x_t, ε, t, t') | `_get_prev_sample` | the DDIM-like transfer of eq. 9 |
     ///
-    /// 1. PRK phase (`skip_prk_steps = false`, first 12 calls): [`Self::step_prk`], eq. 13.
-    /// 2. PLMS phase: [`Self::step_plms`], eq. 12, warming up with a 2-point average when PRK
+    /// 1. PRK phase (`skip_prk_steps = false`, first 12 calls): `step_prk`, eq. 13.
+    /// 2. PLMS phase: `step_plms`, eq. 12, warming up with a 2-point average when PRK
     ///    is skipped (which is why the second timestep is visited twice).
     ///
     /// # Panics
