@@ -3,10 +3,13 @@
 //!
 //! - `unet_sd15_cfg_step`: one classifier-free-guidance step at 256² (latent `[2, 4, 32, 32]`,
 //!   context `[2, 77, 768]`): 2 × 180 GFLOP;
-//! - `vae_decode_256`: latents `[1, 4, 32, 32]` → a 256² image (≈622 GFLOP).
+//! - `vae_decode_256`: latents `[1, 4, 32, 32]` → a 256² image (≈622 GFLOP);
+//! - `tiny_pipeline` (with `--pipeline DIR`, the assembled `sd_tiny_pipeline` fixture): 3 PNDM
+//!   steps at 32² with CFG, end to end from the prompt;
+//! - `breakdown` (only with `--only breakdown`): one resnet and one transformer per resolution.
 //!
 //! ```bash
-//! RAYON_NUM_THREADS=2 cargo run --release --example bench_sd -- --iters 5
+//! RAYON_NUM_THREADS=2 cargo run --release --example bench_sd -- --iters 5 [--pipeline DIR]
 //! .venv/bin/python scripts/reference/bench_sd.py --threads 2 --iters 5
 //! ```
 
@@ -37,11 +40,13 @@ fn time<F: FnMut()>(mut f: F, warmup: usize, iters: usize) -> (f64, f64) {
 fn main() -> storygpt::Result<()> {
     let mut iters = 5;
     let mut only: Option<String> = None;
+    let mut pipeline: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--iters" => iters = args.next().and_then(|v| v.parse().ok()).unwrap_or(iters),
             "--only" => only = args.next(),
+            "--pipeline" => pipeline = args.next(),
             _ => {}
         }
     }
@@ -83,6 +88,31 @@ fn main() -> storygpt::Result<()> {
         );
         println!(
             "{{\"bench\": \"vae_decode_256\", \"backend\": \"{backend}\", \"threads\": \"{threads}\", \"median_ms\": {median:.0}, \"min_ms\": {min:.0}, \"iters\": {iters}, \"gflop\": 622}}"
+        );
+    }
+    if let Some(dir) = pipeline.filter(|_| run("tiny_pipeline")) {
+        // The assembled tiny pipeline (see tests/txt2img_parity.rs): 3 PNDM steps, 32², CFG 7.5.
+        use storygpt::models::txt2img::{Txt2ImgPipeline, Txt2ImgRequest};
+        let mut pipe = Txt2ImgPipeline::<B>::from_pretrained(&dir, &device, None, None)?;
+        let request = Txt2ImgRequest {
+            prompt: "Fred walks into the kitchen.".into(),
+            height: 32,
+            width: 32,
+            num_inference_steps: 3,
+            ..Default::default()
+        };
+        let (median, min) = time(
+            || {
+                let _ = pipe
+                    .generate(&request, None, &mut |_| {})
+                    .map(|o| o.rgb8.len());
+            },
+            2,
+            iters * 4,
+        );
+        println!(
+            "{{\"bench\": \"tiny_pipeline\", \"backend\": \"{backend}\", \"threads\": \"{threads}\", \"median_ms\": {median:.1}, \"min_ms\": {min:.1}, \"iters\": {}}}",
+            iters * 4
         );
     }
     if only.as_deref() == Some("breakdown") {

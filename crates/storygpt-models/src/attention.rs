@@ -189,10 +189,51 @@ pub(crate) fn multi_head_attention<B: Backend>(
         probe.store(probs.clone());
         probs.matmul(v)
     } else {
-        attention(q, k, v, None, None, AttentionModuleOptions::default())
+        fused_attention(q, k, v)
     };
     // [b, heads, n, dh] -> [b, n, inner]
     out.swap_dims(1, 2).reshape([b, n, inner])
+}
+
+/// Score matrices above this many elements (per head) run their heads on several threads.
+const PARALLEL_HEADS_MIN_SCORES: usize = 256 * 1024;
+
+/// burn's fused attention on `[b, heads, len, dh]`. burn-flex 0.21 runs each call on one
+/// thread, so long sequences (the UNet's 64² / 32² self-attention) split the heads across the
+/// available cores (scoped threads, one `attention` call per chunk, concatenated back).
+/// Under autodiff the plain call is kept: the decomposed backward path is multi-threaded.
+fn fused_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [_, heads, n, _] = q.dims();
+    let m = k.dims()[2];
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .min(heads);
+    let device = q.device();
+    if threads < 2 || n * m < PARALLEL_HEADS_MIN_SCORES || B::ad_enabled(&device) {
+        return attention(q, k, v, None, None, AttentionModuleOptions::default());
+    }
+    let (qs, ks, vs) = (
+        q.chunk(threads, 1),
+        k.chunk(threads, 1),
+        v.chunk(threads, 1),
+    );
+    let outs: Vec<Tensor<B, 4>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = qs
+            .into_iter()
+            .zip(ks)
+            .zip(vs)
+            .map(|((q, k), v)| {
+                scope.spawn(move || {
+                    attention(q, k, v, None, None, AttentionModuleOptions::default())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    Tensor::cat(outs, 1)
 }
 
 /// GEGLU: `proj(x)` split in two halves, `hidden · gelu(gate)` (`ff.net.0`).
