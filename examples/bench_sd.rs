@@ -90,6 +90,24 @@ fn main() -> storygpt::Result<()> {
             "{{\"bench\": \"vae_decode_256\", \"backend\": \"{backend}\", \"threads\": \"{threads}\", \"median_ms\": {median:.0}, \"min_ms\": {min:.0}, \"iters\": {iters}, \"gflop\": 622}}"
         );
     }
+    if run("matmul_peak") {
+        // The reference point for the GFLOP/s above: a 1024³ f32 matmul on the same backend.
+        let a = Tensor::<B, 2>::random([1024, 1024], Distribution::Normal(0.0, 1.0), &device);
+        let b = Tensor::<B, 2>::random([1024, 1024], Distribution::Normal(0.0, 1.0), &device);
+        let (median, min) = time(
+            || {
+                let _ = a.clone().matmul(b.clone()).into_data();
+                B::sync(&device).ok();
+            },
+            3,
+            20,
+        );
+        println!(
+            "{{\"bench\": \"matmul_1024\", \"backend\": \"{backend}\", \"threads\": \"{threads}\", \"median_ms\": {median:.2}, \"best_gflop_per_s\": {:.0}, \"median_gflop_per_s\": {:.0}}}",
+            2.147 / (min / 1e3),
+            2.147 / (median / 1e3)
+        );
+    }
     if let Some(dir) = pipeline.filter(|_| run("tiny_pipeline")) {
         // The assembled tiny pipeline (see tests/txt2img_parity.rs): 3 PNDM steps, 32², CFG 7.5.
         use storygpt::models::txt2img::{Txt2ImgPipeline, Txt2ImgRequest};

@@ -203,3 +203,82 @@ fn bad_requests_are_typed_errors() {
         .unwrap();
     assert!(err.to_string().contains("UNet2DModel"), "{err}");
 }
+
+/// `fp16` variant files (`diffusion_pytorch_model.fp16.safetensors`, `model.fp16.safetensors`)
+/// load when asked for, and reproduce the f32 run within f16's weight rounding.
+#[test]
+fn fp16_variant_files_load() {
+    use burn::tensor::DType;
+    use storygpt::core::weights::{TensorLayout, save_file};
+    use storygpt::models::autoencoder_kl::AutoencoderKL;
+    use storygpt::models::clip::ClipTextModel;
+    use storygpt::models::unet_2d_condition::UNet2DConditionModel;
+
+    let dir = assemble();
+    let device = default_device();
+    let half = Some(DType::F16);
+    // Write each component's weights again as f16 under the variant name, and remove the f32
+    // files so that only the variant can be loaded.
+    let p = dir.path();
+    let unet =
+        UNet2DConditionModel::<TB>::from_pretrained_with(p.join("unet"), &device, None, half)
+            .unwrap();
+    save_file(
+        &unet,
+        &p.join("unet/diffusion_pytorch_model.fp16.safetensors"),
+        TensorLayout::PyTorch,
+    )
+    .unwrap();
+    let vae =
+        AutoencoderKL::<TB>::from_pretrained_with(p.join("vae"), &device, None, half).unwrap();
+    save_file(
+        &vae,
+        &p.join("vae/diffusion_pytorch_model.fp16.safetensors"),
+        TensorLayout::PyTorch,
+    )
+    .unwrap();
+    let text =
+        ClipTextModel::<TB>::from_pretrained_with(p.join("text_encoder"), &device, None, half)
+            .unwrap();
+    save_file(
+        &text,
+        &p.join("text_encoder/model.fp16.safetensors"),
+        TensorLayout::PyTorch,
+    )
+    .unwrap();
+    for f in [
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+    ] {
+        std::fs::remove_file(p.join(f)).unwrap();
+    }
+    let infos = storygpt::core::weights::tensor_infos(
+        &p.join("unet/diffusion_pytorch_model.fp16.safetensors"),
+    )
+    .unwrap();
+    assert!(
+        infos.iter().all(|t| t.dtype == "F16"),
+        "the variant file really is f16"
+    );
+
+    assert!(
+        Txt2ImgPipeline::<TB>::from_pretrained(p, &device, None, None).is_err(),
+        "no f32 files left"
+    );
+    let mut pipe = Txt2ImgPipeline::<TB>::from_pretrained(p, &device, Some("fp16"), None).unwrap();
+    let g = golden("sd_tiny_pipeline");
+    let out = pipe
+        .generate(
+            &request("", None),
+            Some(float(&g, "latents_init")),
+            &mut |_| {},
+        )
+        .unwrap();
+    assert_close(
+        "fp16 variant final latents (f32 compute)",
+        out.latents,
+        &g["final_latents"],
+        5e-2,
+    );
+}
