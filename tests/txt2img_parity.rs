@@ -204,54 +204,66 @@ fn bad_requests_are_typed_errors() {
     assert!(err.to_string().contains("UNet2DModel"), "{err}");
 }
 
+/// Rewrites a safetensors file with every F32 tensor stored as F16 (host-side, so the test
+/// needs no f16 support from the backend).
+fn to_f16_file(from: &Path, to: &Path) {
+    let bytes = std::fs::read(from).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let converted: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| match view.dtype() {
+            safetensors::Dtype::F32 => {
+                let data: Vec<u8> = view
+                    .data()
+                    .chunks_exact(4)
+                    .flat_map(|c| {
+                        half::f16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                            .to_le_bytes()
+                    })
+                    .collect();
+                (name, safetensors::Dtype::F16, view.shape().to_vec(), data)
+            }
+            other => (name, other, view.shape().to_vec(), view.data().to_vec()),
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = converted
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(to, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
 /// `fp16` variant files (`diffusion_pytorch_model.fp16.safetensors`, `model.fp16.safetensors`)
 /// load when asked for, and reproduce the f32 run within f16's weight rounding.
 #[test]
 fn fp16_variant_files_load() {
-    use burn::tensor::DType;
-    use storygpt::core::weights::{TensorLayout, save_file};
-    use storygpt::models::autoencoder_kl::AutoencoderKL;
-    use storygpt::models::clip::ClipTextModel;
-    use storygpt::models::unet_2d_condition::UNet2DConditionModel;
-
     let dir = assemble();
     let device = default_device();
-    let half = Some(DType::F16);
-    // Write each component's weights again as f16 under the variant name, and remove the f32
-    // files so that only the variant can be loaded.
     let p = dir.path();
-    let unet =
-        UNet2DConditionModel::<TB>::from_pretrained_with(p.join("unet"), &device, None, half)
-            .unwrap();
-    save_file(
-        &unet,
-        &p.join("unet/diffusion_pytorch_model.fp16.safetensors"),
-        TensorLayout::PyTorch,
-    )
-    .unwrap();
-    let vae =
-        AutoencoderKL::<TB>::from_pretrained_with(p.join("vae"), &device, None, half).unwrap();
-    save_file(
-        &vae,
-        &p.join("vae/diffusion_pytorch_model.fp16.safetensors"),
-        TensorLayout::PyTorch,
-    )
-    .unwrap();
-    let text =
-        ClipTextModel::<TB>::from_pretrained_with(p.join("text_encoder"), &device, None, half)
-            .unwrap();
-    save_file(
-        &text,
-        &p.join("text_encoder/model.fp16.safetensors"),
-        TensorLayout::PyTorch,
-    )
-    .unwrap();
-    for f in [
-        "unet/diffusion_pytorch_model.safetensors",
-        "vae/diffusion_pytorch_model.safetensors",
-        "text_encoder/model.safetensors",
+    // Each component's weights as f16 under the variant name; the f32 files are removed so that
+    // only the variant can be loaded.
+    for (f32_file, f16_file) in [
+        (
+            "unet/diffusion_pytorch_model.safetensors",
+            "unet/diffusion_pytorch_model.fp16.safetensors",
+        ),
+        (
+            "vae/diffusion_pytorch_model.safetensors",
+            "vae/diffusion_pytorch_model.fp16.safetensors",
+        ),
+        (
+            "text_encoder/model.safetensors",
+            "text_encoder/model.fp16.safetensors",
+        ),
     ] {
-        std::fs::remove_file(p.join(f)).unwrap();
+        to_f16_file(&p.join(f32_file), &p.join(f16_file));
+        std::fs::remove_file(p.join(f32_file)).unwrap();
     }
     let infos = storygpt::core::weights::tensor_infos(
         &p.join("unet/diffusion_pytorch_model.fp16.safetensors"),
