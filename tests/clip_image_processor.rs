@@ -4,9 +4,7 @@
 //!
 //! Regenerate: `.venv/bin/python scripts/reference/generate.py --only clip_image_processor`.
 
-mod common;
-
-use common::{TB, assert_close, fixture, golden};
+use crate::common::{TB, assert_close, fixture, golden};
 use storygpt::backend::default_device;
 use storygpt::core::Error;
 use storygpt::models::clip::image_processor::{

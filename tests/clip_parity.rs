@@ -3,9 +3,7 @@
 //!
 //! Regenerate: `.venv/bin/python scripts/reference/generate.py --only clip_text_tiny` (etc.).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use storygpt::backend::default_device;
 use storygpt::core::{Error, ImageEncoder, TextEncoder};
 use storygpt::models::clip::{

@@ -4,9 +4,7 @@
 //!
 //! Regenerate: `.venv/bin/python scripts/reference/generate.py --only clip_tokenizer`.
 
-mod common;
-
-use common::fixture;
+use crate::common::fixture;
 use serde::Deserialize;
 use storygpt::models::clip::ClipTokenizer;
 

@@ -3,14 +3,12 @@
 //! This catches a fixture edited by hand, corrupted by a checkout (line endings, LFS), or a
 //! generator change that was not re-run.
 
-mod common;
-
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
 fn sums() -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(common::fixture("SHA256SUMS")).unwrap();
+    let text = std::fs::read_to_string(crate::common::fixture("SHA256SUMS")).unwrap();
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
@@ -25,7 +23,8 @@ fn every_fixture_file_matches_its_recorded_hash() {
     let sums = sums();
     assert!(sums.len() >= 40, "SHA256SUMS lists {} files", sums.len());
     for (hash, rel) in &sums {
-        let bytes = std::fs::read(common::fixture(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        let bytes =
+            std::fs::read(crate::common::fixture(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
         let got = format!("{:x}", Sha256::digest(&bytes));
         assert_eq!(&got, hash, "{rel} differs from what the generator wrote");
     }
@@ -34,7 +33,7 @@ fn every_fixture_file_matches_its_recorded_hash() {
 #[test]
 fn every_generated_fixture_is_listed() {
     let listed: std::collections::BTreeSet<String> = sums().into_iter().map(|(_, p)| p).collect();
-    let root = common::fixture("");
+    let root = crate::common::fixture("");
     let mut stack = vec![root.clone()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
@@ -63,7 +62,7 @@ fn every_generated_fixture_is_listed() {
 fn every_checkpoint_and_config_parses() {
     let mut checked = 0;
     for (_, rel) in sums() {
-        let p = common::fixture(&rel);
+        let p = crate::common::fixture(&rel);
         if rel.ends_with(".safetensors") {
             let infos = storygpt::core::weights::tensor_infos(&p).unwrap_or_else(|e| panic!("{e}"));
             assert!(!infos.is_empty(), "{rel} has no tensors");

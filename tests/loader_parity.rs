@@ -5,8 +5,7 @@
 //!
 //! Regenerate: `.venv/bin/python scripts/reference/generate.py --only loader`.
 
-mod common;
-
+use crate::common::*;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{
@@ -15,7 +14,6 @@ use burn::nn::{
 };
 use burn::tensor::backend::Backend;
 use burn::tensor::{Device, Int, Tensor};
-use common::*;
 use serde::Deserialize;
 use storygpt::core::{ConfigFile, Error, WeightLoader};
 

@@ -5,14 +5,12 @@
 //!
 //! Regenerate: `.venv/bin/python scripts/reference/generate.py --only schedulers`.
 
-mod common;
-
 use std::collections::{BTreeMap, VecDeque};
 use std::f64::consts::PI;
 use std::path::Path;
 
+use crate::common::*;
 use burn::tensor::{Device, Tensor, TensorData};
-use common::*;
 use storygpt::core::{NoiseScheduler, NoiseSource};
 use storygpt::models::schedulers::{
     DdimScheduler, DdpmScheduler, DpmSolverMultistepScheduler, EulerAncestralDiscreteScheduler,

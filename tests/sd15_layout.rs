@@ -6,9 +6,7 @@
 //!
 //! Regenerate: `.venv/bin/python scripts/reference/generate.py --only sd15_layout`.
 
-mod common;
-
-use common::{TB, fixture};
+use crate::common::{TB, fixture};
 use storygpt::backend::default_device;
 use storygpt::core::ConfigFile;
 use storygpt::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};

@@ -7,13 +7,11 @@
 //! `unet_tiny`, `vae_tiny` and `clip_text_tiny` fixtures (see its `assemble.json`).
 //! Regenerate: `.venv/bin/python scripts/reference/generate.py --only sd_tiny_pipeline`.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::common::*;
 use burn::tensor::TensorData;
-use common::*;
 use storygpt::backend::default_device;
 use storygpt::core::Error;
 use storygpt::models::txt2img::{Txt2ImgPipeline, Txt2ImgRequest};

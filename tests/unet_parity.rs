@@ -3,10 +3,8 @@
 //!
 //! Regenerate: `.venv/bin/python scripts/reference/generate.py --only unet_tiny`.
 
-mod common;
-
+use crate::common::*;
 use burn::tensor::Tensor;
-use common::*;
 use storygpt::backend::default_device;
 use storygpt::core::{Denoiser, Error};
 use storygpt::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};

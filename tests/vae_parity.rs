@@ -3,9 +3,7 @@
 //!
 //! Regenerate: `.venv/bin/python scripts/reference/generate.py --only vae_tiny --only vae_tiny_legacy`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use storygpt::backend::default_device;
 use storygpt::core::{Autoencoder, Error};
 use storygpt::models::autoencoder_kl::AutoencoderKL;

@@ -526,6 +526,113 @@ def lm_golden(model, out: Path, cls, explicit_positions: bool) -> None:
     save_golden(out / "golden.safetensors", golden)
 
 
+LM_DECODE_STEPS = 3
+LM_GREEDY_TOKENS = 8
+
+
+def lm_decode_ids() -> torch.Tensor:
+    """[3,2] next-token ids, fed one token per row per step after the prefill of lm_inputs()."""
+    g = input_gen(INPUT_SEED + 1)
+    return torch.randint(3, 1000, (LM_DECODE_STEPS, 2), generator=g, dtype=torch.int64)
+
+
+def _lm_positions(mask: torch.Tensor) -> torch.Tensor:
+    """cumsum(mask) - 1 with padded slots set to 1 (as in lm_golden)."""
+    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+
+
+def _lm_cached_run(model, ids, mask, explicit_positions: bool, feed) -> list[torch.Tensor]:
+    """Prefill ``ids`` with use_cache=True, then feed one token per row per step with the KV cache,
+    the mask grown by a column of ones and (Llama) positions = last position + 1, as ``generate``
+    does. ``feed(step, last_logits) -> [B]`` picks the next tokens (None stops). Returns the
+    last-position logits [B,V] of the prefill and of every step."""
+    kw = {"input_ids": ids, "attention_mask": mask, "use_cache": True}
+    if explicit_positions:
+        pos = _lm_positions(mask)
+        kw["position_ids"] = pos
+    o = model(**kw)
+    logits = [o.logits[:, -1]]
+    step = 0
+    while (tok := feed(step, logits[-1])) is not None:
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
+        # OPT: no position_ids; it derives them from the full mask, sliced at cache.get_seq_length().
+        kw = {"input_ids": tok[:, None], "attention_mask": mask, "cache": o.cache, "use_cache": True}
+        if explicit_positions:
+            pos = pos[:, -1:] + 1
+            kw["position_ids"] = pos
+        o = model(**kw)
+        logits.append(o.logits[:, -1])
+        step += 1
+    return logits
+
+
+def lm_decode(out: Path, cls, explicit_positions: bool, cache_consistent: bool = True) -> None:
+    """decode.safetensors: KV-cache decode steps and greedy generations (see tests/fixtures/README.md).
+
+    Every computation uses a fresh ``from_pretrained`` copy, because dynamic-NTK RoPE keeps state
+    (the last inv_freq / max_seq_len_cached) across forward calls."""
+    ids, mask = lm_inputs()
+    steps = lm_decode_ids()
+    fresh = lambda: cls.from_pretrained(out).eval()  # noqa: E731
+    with torch.no_grad():
+        cached = _lm_cached_run(
+            fresh(), ids, mask, explicit_positions, lambda i, _: steps[i] if i < len(steps) else None
+        )
+        decode_logits = torch.stack(cached[1:])  # [3,2,V]
+
+        # One uncached forward over [prefill ++ decode ids] must give the same logits.
+        full_ids = torch.cat([ids, steps.T], dim=-1)
+        full_mask = torch.cat([mask, mask.new_ones(2, LM_DECODE_STEPS)], dim=-1)
+        kw = {"input_ids": full_ids, "attention_mask": full_mask}
+        if explicit_positions:
+            kw["position_ids"] = _lm_positions(full_mask)
+        full = fresh()(**kw).logits[:, ids.shape[1] :].transpose(0, 1)
+        diff = (full - decode_logits).abs().max().item()
+        if cache_consistent:
+            if diff > 1e-5:
+                raise AssertionError(f"{out.name}: cached decode vs full forward differ by {diff}")
+        elif diff < 1e-3:
+            # dynamic NTK: cached keys keep the inv_freq of the call that produced them, a full
+            # forward rotates every key with the inv_freq of the final length.
+            raise AssertionError(f"{out.name}: cached decode expected to differ from full forward, {diff}")
+
+        # Greedy generation: eos_token_id=None as a generate() kwarg disables EOS stopping (a
+        # GenerationConfig(eos_token_id=None) does not: None there falls back to the model's).
+        pad = LM_PAD_ID if cls.__name__.startswith("OPT") else 0
+        gen_kw = dict(max_new_tokens=LM_GREEDY_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=pad)
+        greedy = fresh().generate(ids, attention_mask=mask, **gen_kw)[:, ids.shape[1] :]
+        greedy_no_pad = fresh().generate(ids[:1], attention_mask=mask[:1], **gen_kw)[:, ids.shape[1] :]
+        if greedy.shape != (2, LM_GREEDY_TOKENS) or greedy_no_pad.shape != (1, LM_GREEDY_TOKENS):
+            raise AssertionError(f"{out.name}: generate stopped early {greedy.shape} {greedy_no_pad.shape}")
+
+        # The same greedy loop by hand (plain argmax, the decode procedure above) must agree, and
+        # every argmax must win by > 1e-5 so that f32 reimplementations pick the same token.
+        for name, (i, m, ref) in {"greedy": (ids, mask, greedy), "no_pad": (ids[:1], mask[:1], greedy_no_pad)}.items():
+            picked, gaps = [], []
+
+            def pick(step, last, picked=picked, gaps=gaps):
+                top2 = last.topk(2, dim=-1).values
+                gaps.append((top2[:, 0] - top2[:, 1]).min().item())
+                picked.append(last.argmax(-1))
+                return picked[-1] if step < LM_GREEDY_TOKENS - 1 else None
+
+            _lm_cached_run(fresh(), i, m, explicit_positions, pick)
+            if not torch.equal(torch.stack(picked, dim=1), ref):
+                raise AssertionError(f"{out.name}: manual greedy loop ({name}) differs from generate")
+            if min(gaps) <= 1e-5:
+                raise AssertionError(f"{out.name}: greedy ({name}) near-tie, top-2 gap {min(gaps)}")
+
+    save_golden(
+        out / "decode.safetensors",
+        {
+            "decode_ids": steps,
+            "decode_logits": decode_logits,
+            "greedy_ids": greedy,
+            "greedy_no_pad_ids": greedy_no_pad,
+        },
+    )
+
+
 def _opt(out: Path, **extra) -> None:
     from transformers import OPTConfig, OPTForCausalLM
 
@@ -545,6 +652,7 @@ def _opt(out: Path, **extra) -> None:
     model = OPTForCausalLM(cfg).eval()
     model.save_pretrained(out)
     lm_golden(model, out, OPTForCausalLM, explicit_positions=False)
+    lm_decode(out, OPTForCausalLM, explicit_positions=False)
 
 
 @case("opt_tiny")
@@ -557,7 +665,7 @@ def gen_opt_tiny_350m_style(out: Path) -> None:
     _opt(out, word_embed_proj_dim=16, do_layer_norm_before=False)
 
 
-def _llama(out: Path, **extra) -> None:
+def _llama_model(**extra):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     seed_everything(WEIGHT_SEED)
@@ -571,9 +679,17 @@ def _llama(out: Path, **extra) -> None:
         rms_norm_eps=1e-5,
         **extra,
     )
-    model = LlamaForCausalLM(cfg).eval()
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _llama(out: Path, cache_consistent: bool = True, **extra):
+    from transformers import LlamaForCausalLM
+
+    model = _llama_model(**extra)
     model.save_pretrained(out)
     lm_golden(model, out, LlamaForCausalLM, explicit_positions=True)
+    lm_decode(out, LlamaForCausalLM, explicit_positions=True, cache_consistent=cache_consistent)
+    return model
 
 
 @case("llama_tiny")
@@ -594,6 +710,34 @@ def gen_llama_tiny_rope_linear(out: Path) -> None:
         rope_theta=10000.0,
         rope_scaling={"rope_type": "linear", "factor": 2.0},
     )
+
+
+@case("llama_tiny_rope_dynamic")
+def gen_llama_tiny_rope_dynamic(out: Path) -> None:
+    # transformers 5.24 dynamic NTK reads only config.max_position_embeddings (an
+    # original_max_position_embeddings key in rope_parameters is ignored), so it is 4 here: the
+    # 6-token prefill (seq_len 6) and the decode steps (7, 8, 9) all rescale. initializer_range
+    # 0.1 (weights 5x llama_tiny's) because with 0.02 the rescaling moves the logits by only 6e-5.
+    common = dict(tie_word_embeddings=False, max_position_embeddings=4, initializer_range=0.1)
+    model = _llama(
+        out,
+        cache_consistent=False,
+        rope_theta=10000.0,
+        rope_scaling={"rope_type": "dynamic", "factor": 2.0},
+        **common,
+    )
+    twin = _llama_model(**common)  # same weights, default RoPE
+    sd, sd_twin = model.state_dict(), twin.state_dict()
+    if sd.keys() != sd_twin.keys() or any(not torch.equal(sd[k], sd_twin[k]) for k in sd):
+        raise AssertionError("llama_tiny_rope_dynamic: weights differ from the default-RoPE twin")
+    ids, mask = lm_inputs()
+    pos = _lm_positions(mask)
+    with torch.no_grad():
+        scaled = load_file(str(out / "golden.safetensors"))["logits"]
+        plain = twin(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    diff = (scaled - plain).abs().max().item()
+    if diff <= 1e-3:
+        raise AssertionError(f"llama_tiny_rope_dynamic: dynamic RoPE barely changes the logits ({diff})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -2007,6 +2151,15 @@ def gen_sd15_layout(out: Path) -> None:
         "default 0.18215 applies); unet `attention_head_dim: 8` is the number of heads (head dim = C/8);\n"
         "text_encoder `eos_token_id: 2` makes transformers pool at argmax(input_ids).\n"
     )
+
+# --------------------------------------------------------------------------------------------
+# real LLM assets (GPT-2 / Llama-2 tokenizers, SmolLM2-135M), built by scripts/assets/build.sh:
+# the cases live in llm_assets.py next to this file
+# --------------------------------------------------------------------------------------------
+
+import llm_assets  # noqa: E402  (scripts/reference/ is sys.path[0] when this file runs)
+
+llm_assets.register(case)
 
 # --------------------------------------------------------------------------------------------
 # driver

@@ -19,6 +19,7 @@ pub mod backend;
 pub mod config;
 pub mod error;
 pub mod fs;
+pub mod generation;
 pub mod pipeline;
 pub mod traits;
 pub mod weights;

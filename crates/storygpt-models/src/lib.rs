@@ -11,9 +11,13 @@
 pub mod activation;
 pub mod attention;
 pub mod autoencoder_kl;
+mod causal_lm;
 pub mod clip;
 pub mod embeddings;
+pub mod llama;
+pub mod opt;
 pub mod resnet;
+pub mod rope;
 pub mod schedulers;
 pub mod unet_2d_blocks;
 pub mod unet_2d_condition;

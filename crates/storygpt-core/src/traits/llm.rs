@@ -1,5 +1,8 @@
+use burn::module::Param;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
+
+use crate::Result;
 
 /// Output of [`LlmBackbone::forward_embeds`].
 #[derive(Debug, Clone)]
@@ -120,18 +123,94 @@ pub trait LlmBackbone<B: Backend> {
     /// # Shapes
     /// - `inputs_embeds`: `[batch, seq, embed_dim]`;
     /// - `attention_mask`: `[batch, past + seq]`, 1 = attend, 0 = padding (left or right), as in
-    ///   transformers; `None` attends to everything;
+    ///   transformers; `None` attends to everything. Positions are counted over the real tokens
+    ///   (`cumsum(mask) - 1`), as transformers' `generate` does;
     /// - the cache holds `past` positions and grows by `seq`.
+    ///
+    /// # Errors
+    /// A wrong embedding width or mask shape, a mask value other than 0/1, a cache made for
+    /// another model, or `past + seq > max_position_embeddings()`; nothing is appended then.
     fn forward_embeds(
         &self,
         inputs_embeds: Tensor<B, 3>,
         attention_mask: Option<Tensor<B, 2, Int>>,
         cache: Option<&mut KvCache<B>>,
         output_hidden_states: bool,
-    ) -> LlmOutput<B>;
+    ) -> Result<LlmOutput<B>>;
 
     /// A fresh, empty cache for this model.
     fn new_cache(&self) -> KvCache<B> {
         KvCache::new(self.num_layers())
+    }
+
+    /// Grows (or shrinks) the vocabulary to `new_vocab` rows, as transformers'
+    /// `resize_token_embeddings`: the input embeddings and an untied output head both change;
+    /// new rows start at the mean of the existing rows. Used for the added `[IMG0..7]` and
+    /// `<|image|>` tokens.
+    fn resize_token_embeddings(&mut self, new_vocab: usize) -> Result<()>;
+
+    /// The input embedding matrix `[vocab_size, embed_dim]` as a parameter: its id finds its
+    /// gradient, for [`mask_frozen_rows`].
+    fn input_embeddings(&self) -> &Param<Tensor<B, 2>>;
+
+    /// Mutable access to the input embedding matrix, for [`rescale_new_rows`] after a step.
+    fn input_embeddings_mut(&mut self) -> &mut Param<Tensor<B, 2>>;
+}
+
+/// Zeroes the gradient of the rows before `first_trainable` of an embedding matrix
+/// `[vocab, d]`, so an optimizer step changes only the added rows (StoryGPT-V trains only the
+/// `[IMG]` rows of the frozen LLM's table, `train_llm_v2.py:607-617`).
+pub fn mask_frozen_rows<B: Backend>(grad: Tensor<B, 2>, first_trainable: usize) -> Tensor<B, 2> {
+    let [vocab, d] = grad.dims();
+    let first = first_trainable.min(vocab);
+    if first == 0 {
+        return grad;
+    }
+    let zeros = Tensor::zeros([first, d], &grad.device());
+    grad.slice_assign([0..first, 0..d], zeros)
+}
+
+/// Rescales each row from `first_new` on to the mean L2 norm of the rows before it (the frozen
+/// vocabulary), as StoryGPT-V does after every step (`train_llm_v2.py:625-630`). Returns the
+/// matrix unchanged when there are no frozen or no new rows.
+pub fn rescale_new_rows<B: Backend>(weight: Tensor<B, 2>, first_new: usize) -> Tensor<B, 2> {
+    let [vocab, d] = weight.dims();
+    if first_new == 0 || first_new >= vocab {
+        return weight;
+    }
+    let frozen = weight.clone().slice([0..first_new, 0..d]);
+    let target = frozen.powi_scalar(2).sum_dim(1).sqrt().mean(); // [1]
+    let new = weight.clone().slice([first_new..vocab, 0..d]);
+    let norms = new.clone().powi_scalar(2).sum_dim(1).sqrt(); // [n, 1]
+    let scaled = new * target.unsqueeze::<2>() / norms;
+    weight.slice_assign([first_new..vocab, 0..d], scaled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{DefaultBackend as TB, default_device};
+
+    #[test]
+    fn frozen_rows_get_no_gradient_and_new_rows_get_the_mean_norm() {
+        let dev = default_device();
+        let grad = Tensor::<TB, 2>::ones([4, 2], &dev);
+        let g = mask_frozen_rows(grad, 3)
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap();
+        assert_eq!(g, vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0]);
+
+        // Frozen rows with norms 1, 3 and 5 (mean 3); the new row [0, 10] becomes [0, 3].
+        let w = Tensor::<TB, 2>::from_data([[1.0, 0.0], [0.0, 3.0], [3.0, 4.0], [0.0, 10.0]], &dev);
+        let r = rescale_new_rows(w, 3)
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap();
+        assert_eq!(&r[..6], &[1.0, 0.0, 0.0, 3.0, 3.0, 4.0]);
+        assert!(
+            (r[6] - 0.0).abs() < 1e-6 && (r[7] - 3.0).abs() < 1e-5,
+            "{r:?}"
+        );
     }
 }

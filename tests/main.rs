@@ -1,0 +1,22 @@
+//! The integration suite, linked as one test binary.
+//!
+//! Each file beside this one is a module of that binary rather than a binary of its own: the
+//! models pull all of burn into every test executable (about 140 MB each), so fifteen binaries
+//! per backend cost minutes of linking and gigabytes of disk in CI for nothing.
+//!
+//! Run one area with a filter, e.g. `cargo test --release --test integration unet_parity::`.
+
+mod common;
+
+mod cli;
+mod clip_image_processor;
+mod clip_parity;
+mod clip_tokenizer;
+mod fixtures_integrity;
+mod llm_parity;
+mod loader_parity;
+mod scheduler_parity;
+mod sd15_layout;
+mod txt2img_parity;
+mod unet_parity;
+mod vae_parity;
