@@ -557,3 +557,109 @@ fn bad_input_gives_typed_errors() {
     let err = LlamaForCausalLM::<TB>::from_pretrained(tmp.path(), &dev).unwrap_err();
     assert!(err.to_string().contains("yarn"), "{err}");
 }
+
+/// A third backbone, written outside the crate against the public trait and helpers, plugs
+/// into generation unchanged: a one-layer attention-free "bigram" LM.
+mod third_backbone {
+    use burn::module::{Module, Param};
+    use burn::nn::{Embedding, EmbeddingConfig};
+    use burn::tensor::backend::Backend;
+    use burn::tensor::{Device, Int, Tensor};
+    use storygpt::core::{KvCache, LlmBackbone, LlmOutput, Result};
+    use storygpt::models::causal_lm::{
+        CallMask, check_embeds, lm_logits, replace_param, resize_rows,
+    };
+
+    #[derive(Module, Debug)]
+    pub struct Bigram<B: Backend> {
+        pub embed_tokens: Embedding<B>,
+    }
+
+    impl<B: Backend> Bigram<B> {
+        pub fn new(device: &Device<B>) -> Self {
+            Self {
+                embed_tokens: EmbeddingConfig::new(50, 8).init(device),
+            }
+        }
+    }
+
+    impl<B: Backend> LlmBackbone<B> for Bigram<B> {
+        fn embed_dim(&self) -> usize {
+            8
+        }
+        fn vocab_size(&self) -> usize {
+            self.embed_tokens.weight.dims()[0]
+        }
+        fn num_layers(&self) -> usize {
+            1
+        }
+        fn max_position_embeddings(&self) -> usize {
+            64
+        }
+        fn embed_tokens(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+            self.embed_tokens.forward(ids)
+        }
+        fn forward_embeds(
+            &self,
+            x: Tensor<B, 3>,
+            mask: Option<Tensor<B, 2, Int>>,
+            cache: Option<&mut KvCache<B>>,
+            _hidden: bool,
+        ) -> Result<LlmOutput<B>> {
+            let past = cache.as_ref().map_or(0, |c| c.seq_len());
+            check_embeds("Bigram", &x, 8, past, 64)?;
+            let [b, s, d] = x.dims();
+            CallMask::new(mask, b, past, s)?;
+            if let Some(cache) = cache {
+                let kv = x.clone().reshape([b, 1, s, d]);
+                cache.append(0, kv.clone(), kv);
+            }
+            let logits = lm_logits(x.clone(), None, &self.embed_tokens.weight);
+            Ok(LlmOutput {
+                last_hidden_state: x,
+                hidden_states: None,
+                logits,
+            })
+        }
+        fn resize_token_embeddings(&mut self, n: usize) -> Result<()> {
+            let w = resize_rows(self.embed_tokens.weight.val(), n);
+            replace_param(&mut self.embed_tokens.weight, w);
+            Ok(())
+        }
+        fn input_embeddings(&self) -> &Param<Tensor<B, 2>> {
+            &self.embed_tokens.weight
+        }
+        fn input_embeddings_mut(&mut self) -> &mut Param<Tensor<B, 2>> {
+            &mut self.embed_tokens.weight
+        }
+    }
+}
+
+#[test]
+fn a_third_backbone_plugs_into_generation_unchanged() {
+    let dev = default_device();
+    let mut model = third_backbone::Bigram::<TB>::new(&dev);
+    model.resize_token_embeddings(52).unwrap();
+    let ids = Tensor::<TB, 2, Int>::from_data([[3, 7, 9]], &dev);
+    let force = AllowOnly::new([51]).for_steps(1);
+    let out = generate(
+        &model,
+        ids.clone(),
+        None,
+        &GenerateConfig::greedy(4),
+        &[&force],
+    )
+    .unwrap();
+    assert_eq!(out.tokens[0][0], 51, "forced token");
+    assert_eq!(out.cache.unwrap().seq_len(), 6, "prompt 3 + 3 fed tokens");
+    // Same tokens without the cache.
+    let uncached = generate(
+        &model,
+        ids,
+        None,
+        &GenerateConfig::greedy(4).with_cache(false),
+        &[&force],
+    )
+    .unwrap();
+    assert_eq!(uncached.tokens, out.tokens);
+}

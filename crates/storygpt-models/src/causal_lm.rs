@@ -19,7 +19,7 @@ use storygpt_core::{Error, KvCache, Result};
 
 /// The host copy of a call's padding mask plus the shapes around it.
 #[derive(Debug, Clone)]
-pub(crate) struct CallMask {
+pub struct CallMask {
     /// `[batch][past + seq]`, `true` = real token.
     pub rows: Vec<Vec<bool>>,
     /// Cached positions before this call.
@@ -121,7 +121,7 @@ impl CallMask {
 
 /// Checks the embeddings of a forward call: rank-3 width, non-empty, and the total length
 /// against `max_positions`.
-pub(crate) fn check_embeds<B: Backend>(
+pub fn check_embeds<B: Backend>(
     model: &str,
     embeds: &Tensor<B, 3>,
     embed_dim: usize,
@@ -149,7 +149,7 @@ pub(crate) fn check_embeds<B: Backend>(
 }
 
 /// Checks token ids: rank 2, non-empty, every id in `0..vocab`.
-pub(crate) fn check_ids<B: Backend>(
+pub fn check_ids<B: Backend>(
     model: &str,
     input_ids: &Tensor<B, 2, Int>,
     vocab: usize,
@@ -177,11 +177,7 @@ pub(crate) fn check_ids<B: Backend>(
 }
 
 /// Checks a cache handed to a forward call: one slot per decoder layer, same batch.
-pub(crate) fn check_cache<B: Backend>(
-    model: &str,
-    cache: &KvCache<B>,
-    num_layers: usize,
-) -> Result<()> {
+pub fn check_cache<B: Backend>(model: &str, cache: &KvCache<B>, num_layers: usize) -> Result<()> {
     if cache.num_layers() != num_layers {
         return Err(Error::InvalidInput(format!(
             "{model}: the KV cache has {} layers, the model {num_layers}; make it with new_cache()",
@@ -194,7 +190,7 @@ pub(crate) fn check_cache<B: Backend>(
 /// Scaled dot-product attention over `[b, heads, seq, head_dim]` queries and
 /// `[b, kv_heads, past + seq, head_dim]` keys/values, repeating each key/value head for its
 /// group of query heads (grouped-query attention; `kv_heads == heads` is plain multi-head).
-pub(crate) fn causal_attention<B: Backend>(
+pub fn causal_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
@@ -223,7 +219,7 @@ pub(crate) fn causal_attention<B: Backend>(
 
 /// `[b, kv_heads, l, d]` → `[b, heads, l, d]`, each kv head serving `heads / kv_heads`
 /// consecutive query heads (transformers' `repeat_kv`).
-pub(crate) fn repeat_kv<B: Backend>(x: Tensor<B, 4>, heads: usize) -> Tensor<B, 4> {
+pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, heads: usize) -> Tensor<B, 4> {
     let [b, kv_heads, l, d] = x.dims();
     if kv_heads == heads {
         return x;
@@ -236,7 +232,7 @@ pub(crate) fn repeat_kv<B: Backend>(x: Tensor<B, 4>, heads: usize) -> Tensor<B, 
 
 /// Logits from the last hidden states: through `lm_head` when the checkpoint has its own, else
 /// through the (tied) input embedding matrix `[vocab, d]`.
-pub(crate) fn lm_logits<B: Backend>(
+pub fn lm_logits<B: Backend>(
     hidden: Tensor<B, 3>,
     lm_head: Option<&Linear<B>>,
     tied_weight: &Param<Tensor<B, 2>>,
@@ -259,7 +255,7 @@ pub(crate) fn lm_logits<B: Backend>(
 /// mean of the old rows, which keeps them inside the distribution the model has seen
 /// (transformers' `mean_resizing`, without its small random perturbation, so resizing is
 /// deterministic).
-pub(crate) fn resize_rows<B: Backend>(weight: Tensor<B, 2>, new_vocab: usize) -> Tensor<B, 2> {
+pub fn resize_rows<B: Backend>(weight: Tensor<B, 2>, new_vocab: usize) -> Tensor<B, 2> {
     let [vocab, d] = weight.dims();
     if new_vocab <= vocab {
         return weight.slice([0..new_vocab, 0..d]);
@@ -270,7 +266,7 @@ pub(crate) fn resize_rows<B: Backend>(weight: Tensor<B, 2>, new_vocab: usize) ->
 }
 
 /// Replaces a parameter's value, keeping its id (so optimizer state and names still match).
-pub(crate) fn replace_param<B: Backend, const D: usize>(
+pub fn replace_param<B: Backend, const D: usize>(
     param: &mut Param<Tensor<B, D>>,
     value: Tensor<B, D>,
 ) {

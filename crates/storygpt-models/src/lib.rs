@@ -11,7 +11,7 @@
 pub mod activation;
 pub mod attention;
 pub mod autoencoder_kl;
-mod causal_lm;
+pub mod causal_lm;
 pub mod clip;
 pub mod embeddings;
 pub mod llama;
