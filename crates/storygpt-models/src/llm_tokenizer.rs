@@ -117,7 +117,13 @@ impl LlmTokenizer {
                     ),
                 ));
             }
-            let spec = Self::byte_level_bpe_spec(&vocab_path, &merges_path)?;
+            // The config's special tokens are matched whole, as transformers registers them
+            // (OPT's `</s>` and `<pad>` are ordinary vocabulary entries otherwise).
+            let specials: Vec<String> = ["bos_token", "eos_token", "unk_token", "pad_token"]
+                .iter()
+                .filter_map(|k| token_string(config.get(*k)))
+                .collect();
+            let spec = Self::byte_level_bpe_spec(&vocab_path, &merges_path, &specials)?;
             (spec, vocab_path)
         };
         let mut spec = spec;
@@ -163,7 +169,11 @@ impl LlmTokenizer {
     }
 
     /// transformers' `GPT2Tokenizer` pipeline over `vocab.json` + `merges.txt`.
-    fn byte_level_bpe_spec(vocab_path: &Path, merges_path: &Path) -> Result<Value> {
+    fn byte_level_bpe_spec(
+        vocab_path: &Path,
+        merges_path: &Path,
+        specials: &[String],
+    ) -> Result<Value> {
         let vocab: Value = storygpt_core::config::read_json(vocab_path)?;
         let text = std::fs::read_to_string(merges_path).map_err(|e| Error::io(merges_path, e))?;
         let merges: Vec<Value> = text
@@ -171,15 +181,20 @@ impl LlmTokenizer {
             .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
             .map(|l| Value::String(l.to_string()))
             .collect();
-        // GPT-2's one special token, when the vocabulary has it.
-        let added: Vec<Value> = vocab
-            .get("<|endoftext|>")
-            .and_then(Value::as_u64)
-            .map(|id| {
-                json!({"id": id, "content": "<|endoftext|>", "single_word": false, "lstrip": false,
+        // GPT-2's `<|endoftext|>` and the config's special tokens, when the vocabulary has them.
+        let mut names: Vec<&str> = vec!["<|endoftext|>"];
+        for s in specials {
+            if !names.contains(&s.as_str()) {
+                names.push(s);
+            }
+        }
+        let added: Vec<Value> = names
+            .iter()
+            .filter_map(|t| vocab.get(*t).and_then(Value::as_u64).map(|id| (t, id)))
+            .map(|(t, id)| {
+                json!({"id": id, "content": t, "single_word": false, "lstrip": false,
                        "rstrip": false, "normalized": false, "special": true})
             })
-            .into_iter()
             .collect();
         Ok(json!({
             "version": "1.0",
@@ -393,5 +408,48 @@ impl LlmTokenizer {
     /// The underlying `tokenizers` tokenizer.
     pub fn inner(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An OPT-style folder: vocab.json + merges.txt, `</s>` as BOS/EOS and `<pad>` in the
+    /// vocabulary, `add_bos_token: true`.
+    fn opt_style() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let vocab =
+            json!({"<s>": 0, "<pad>": 1, "</s>": 2, "a": 3, "b": 4, "ab": 5, "\u{0120}": 6});
+        std::fs::write(dir.path().join("vocab.json"), vocab.to_string()).unwrap();
+        std::fs::write(dir.path().join("merges.txt"), "#version: 0.2\na b\n").unwrap();
+        let config = json!({"add_bos_token": true, "bos_token": "</s>", "eos_token": "</s>",
+                            "pad_token": "<pad>", "unk_token": "</s>",
+                            "tokenizer_class": "GPT2Tokenizer"});
+        std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+        dir
+    }
+
+    #[test]
+    fn opt_style_folder_adds_bos_and_matches_special_tokens_whole() {
+        let dir = opt_style();
+        let tok = LlmTokenizer::from_dir(dir.path()).unwrap();
+        assert_eq!(tok.encode("ab</s>").unwrap(), vec![2, 5, 2]);
+        assert_eq!(tok.encode_plain("ab").unwrap(), vec![5]);
+        assert_eq!(tok.pad_token_id(), Some(1));
+        let batch = tok.encode_batch(&["ab", "a b"], PaddingSide::Left).unwrap();
+        // "a b" is `a`, `Ġ`, `b` (no `Ġb` in this vocabulary); "ab" is padded on the left.
+        assert_eq!(batch.input_ids, vec![vec![1, 1, 2, 5], vec![2, 3, 6, 4]]);
+        assert_eq!(batch.attention_mask[0], vec![0, 0, 1, 1]);
+        assert_eq!(tok.decode(&[2, 5, 2], true).unwrap(), "ab");
+    }
+
+    #[test]
+    fn a_special_token_outside_the_vocabulary_is_named() {
+        let dir = opt_style();
+        let config = json!({"bos_token": "<bos>", "tokenizer_class": "GPT2Tokenizer"});
+        std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+        let err = LlmTokenizer::from_dir(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("<bos>"), "{err}");
     }
 }
