@@ -181,18 +181,7 @@ pub fn generate<B: Backend, M: LlmBackbone<B> + ?Sized>(
     config: &GenerateConfig,
     processors: &[&dyn LogitsProcessor],
 ) -> Result<GenerateOutput<B>> {
-    let vocab = model.vocab_size();
-    let ids = input_ids
-        .clone()
-        .into_data()
-        .convert::<i64>()
-        .into_vec::<i64>()
-        .map_err(|e| Error::InvalidInput(format!("input_ids: {e:?}")))?;
-    if let Some(bad) = ids.iter().find(|&&id| id < 0 || id as usize >= vocab) {
-        return Err(Error::InvalidInput(format!(
-            "input_ids must be in 0..{vocab} (the vocabulary size), found {bad}"
-        )));
-    }
+    crate::check_token_ids(&input_ids, model.vocab_size())?;
     let embeds = model.embed_tokens(input_ids);
     generate_from_embeds(model, embeds, attention_mask, config, processors)
 }

@@ -148,34 +148,6 @@ pub fn check_embeds<B: Backend>(
     Ok(())
 }
 
-/// Checks token ids: rank 2, non-empty, every id in `0..vocab`.
-pub fn check_ids<B: Backend>(
-    model: &str,
-    input_ids: &Tensor<B, 2, Int>,
-    vocab: usize,
-) -> Result<()> {
-    let [batch, seq] = input_ids.dims();
-    if batch == 0 || seq == 0 {
-        return Err(Error::InputShape {
-            what: format!("{model} input_ids"),
-            expected: "[batch >= 1, seq >= 1]".into(),
-            found: vec![batch, seq],
-        });
-    }
-    let ids = input_ids
-        .clone()
-        .into_data()
-        .convert::<i64>()
-        .into_vec::<i64>()
-        .map_err(|e| Error::InvalidInput(format!("{model} input_ids: {e:?}")))?;
-    if let Some(bad) = ids.iter().find(|&&id| id < 0 || id as usize >= vocab) {
-        return Err(Error::InvalidInput(format!(
-            "{model} input_ids must be in 0..{vocab} (the vocabulary size), found {bad}"
-        )));
-    }
-    Ok(())
-}
-
 /// Checks a cache handed to a forward call: one slot per decoder layer, same batch.
 pub fn check_cache<B: Backend>(model: &str, cache: &KvCache<B>, num_layers: usize) -> Result<()> {
     if cache.num_layers() != num_layers {
@@ -185,6 +157,26 @@ pub fn check_cache<B: Backend>(model: &str, cache: &KvCache<B>, num_layers: usiz
         )));
     }
     Ok(())
+}
+
+/// Everything a forward call checks before touching the cache: the cache's layer count, the
+/// embeddings' width and the total length, and the mask (read into a [`CallMask`]). An error
+/// here leaves the cache unchanged.
+pub fn prepare_call<B: Backend>(
+    model: &str,
+    inputs_embeds: &Tensor<B, 3>,
+    attention_mask: Option<Tensor<B, 2, Int>>,
+    cache: Option<&KvCache<B>>,
+    dims: (usize, usize, usize),
+) -> Result<CallMask> {
+    let (embed_dim, num_layers, max_positions) = dims;
+    let past = cache.map_or(0, |c| c.seq_len());
+    if let Some(c) = cache {
+        check_cache(model, c, num_layers)?;
+    }
+    check_embeds(model, inputs_embeds, embed_dim, past, max_positions)?;
+    let [b, l, _] = inputs_embeds.dims();
+    CallMask::new(attention_mask, b, past, l)
 }
 
 /// Scaled dot-product attention over `[b, heads, seq, head_dim]` queries and

@@ -18,8 +18,7 @@ use serde_json::Value;
 use storygpt_core::{ConfigFile, Error, KvCache, LlmBackbone, LlmOutput, Result, WeightLoader};
 
 use crate::causal_lm::{
-    CallMask, causal_attention, check_cache, check_embeds, check_ids, lm_logits, replace_param,
-    resize_rows,
+    CallMask, causal_attention, lm_logits, prepare_call, replace_param, resize_rows,
 };
 use crate::linear3;
 use crate::rope::{RopeConfig, RopeType, RotaryEmbedding, apply_rotary};
@@ -458,7 +457,8 @@ impl<B: Backend> LlamaForCausalLM<B> {
         WeightLoader::new().ignore_unexpected(r"rotary_emb\.inv_freq$")
     }
 
-    /// The ids → logits convenience of transformers' `forward(input_ids, attention_mask)`.
+    /// The ids → logits convenience of transformers' `forward(input_ids, attention_mask)`
+    /// (see [`LlmBackbone::forward_ids`]).
     pub fn forward(
         &self,
         input_ids: Tensor<B, 2, Int>,
@@ -466,13 +466,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
         cache: Option<&mut KvCache<B>>,
         output_hidden_states: bool,
     ) -> Result<LlmOutput<B>> {
-        check_ids("Llama", &input_ids, self.vocab_size())?;
-        self.forward_embeds(
-            self.embed_tokens(input_ids),
-            attention_mask,
-            cache,
-            output_hidden_states,
-        )
+        self.forward_ids(input_ids, attention_mask, cache, output_hidden_states)
     }
 }
 
@@ -504,19 +498,17 @@ impl<B: Backend> LlmBackbone<B> for LlamaForCausalLM<B> {
         mut cache: Option<&mut KvCache<B>>,
         output_hidden_states: bool,
     ) -> Result<LlmOutput<B>> {
-        let past = cache.as_ref().map_or(0, |c| c.seq_len());
-        if let Some(c) = cache.as_ref() {
-            check_cache("Llama", c, self.num_layers())?;
-        }
-        check_embeds(
+        let mask = prepare_call(
             "Llama",
             &inputs_embeds,
-            self.hidden_size,
-            past,
-            self.max_position_embeddings,
+            attention_mask,
+            cache.as_deref(),
+            (
+                self.hidden_size,
+                self.num_layers(),
+                self.max_position_embeddings,
+            ),
         )?;
-        let [b, l, _] = inputs_embeds.dims();
-        let mask = CallMask::new(attention_mask, b, past, l)?;
         // transformers' generate: cumsum(mask) - 1, padded slots at position 1.
         let positions = mask.positions(1);
         let (cos, sin) =

@@ -20,8 +20,7 @@ use storygpt_core::{ConfigFile, Error, KvCache, LlmBackbone, LlmOutput, Result, 
 
 use crate::activation::Activation;
 use crate::causal_lm::{
-    CallMask, causal_attention, check_cache, check_embeds, check_ids, lm_logits, replace_param,
-    resize_rows,
+    CallMask, causal_attention, lm_logits, prepare_call, replace_param, resize_rows,
 };
 use crate::linear3;
 
@@ -422,7 +421,8 @@ impl<B: Backend> OptForCausalLM<B> {
         (x, all)
     }
 
-    /// The ids → logits convenience of transformers' `forward(input_ids, attention_mask)`.
+    /// The ids → logits convenience of transformers' `forward(input_ids, attention_mask)`
+    /// (see [`LlmBackbone::forward_ids`]).
     pub fn forward(
         &self,
         input_ids: Tensor<B, 2, Int>,
@@ -430,13 +430,7 @@ impl<B: Backend> OptForCausalLM<B> {
         cache: Option<&mut KvCache<B>>,
         output_hidden_states: bool,
     ) -> Result<LlmOutput<B>> {
-        check_ids("OPT", &input_ids, self.vocab_size())?;
-        self.forward_embeds(
-            self.embed_tokens(input_ids),
-            attention_mask,
-            cache,
-            output_hidden_states,
-        )
+        self.forward_ids(input_ids, attention_mask, cache, output_hidden_states)
     }
 }
 
@@ -468,19 +462,17 @@ impl<B: Backend> LlmBackbone<B> for OptForCausalLM<B> {
         cache: Option<&mut KvCache<B>>,
         output_hidden_states: bool,
     ) -> Result<LlmOutput<B>> {
-        let past = cache.as_ref().map_or(0, |c| c.seq_len());
-        if let Some(c) = cache.as_ref() {
-            check_cache("OPT", c, self.num_layers())?;
-        }
-        check_embeds(
+        let mask = prepare_call(
             "OPT",
             &inputs_embeds,
-            self.embed_dim,
-            past,
-            self.max_position_embeddings,
+            attention_mask,
+            cache.as_deref(),
+            (
+                self.embed_dim,
+                self.num_layers(),
+                self.max_position_embeddings,
+            ),
         )?;
-        let [b, l, _] = inputs_embeds.dims();
-        let mask = CallMask::new(attention_mask, b, past, l)?;
         let (last, hidden_states) = self.decode(inputs_embeds, &mask, cache, output_hidden_states);
         let logits = lm_logits(last.clone(), None, &self.model.decoder.embed_tokens.weight);
         Ok(LlmOutput {

@@ -138,6 +138,26 @@ pub trait LlmBackbone<B: Backend> {
         output_hidden_states: bool,
     ) -> Result<LlmOutput<B>>;
 
+    /// Runs the decoder on token ids: transformers' `forward(input_ids, attention_mask)`.
+    ///
+    /// # Errors
+    /// An id outside `0..vocab_size()`, and whatever [`LlmBackbone::forward_embeds`] rejects.
+    fn forward_ids(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+        cache: Option<&mut KvCache<B>>,
+        output_hidden_states: bool,
+    ) -> Result<LlmOutput<B>> {
+        check_token_ids(&input_ids, self.vocab_size())?;
+        self.forward_embeds(
+            self.embed_tokens(input_ids),
+            attention_mask,
+            cache,
+            output_hidden_states,
+        )
+    }
+
     /// A fresh, empty cache for this model.
     fn new_cache(&self) -> KvCache<B> {
         KvCache::new(self.num_layers())
@@ -155,6 +175,30 @@ pub trait LlmBackbone<B: Backend> {
 
     /// Mutable access to the input embedding matrix, for [`rescale_new_rows`] after a step.
     fn input_embeddings_mut(&mut self) -> &mut Param<Tensor<B, 2>>;
+}
+
+/// Checks token ids: `[batch >= 1, seq >= 1]`, every id in `0..vocab`.
+pub fn check_token_ids<B: Backend>(input_ids: &Tensor<B, 2, Int>, vocab: usize) -> Result<()> {
+    let [batch, seq] = input_ids.dims();
+    if batch == 0 || seq == 0 {
+        return Err(crate::Error::InputShape {
+            what: "input_ids".into(),
+            expected: "[batch >= 1, seq >= 1]".into(),
+            found: vec![batch, seq],
+        });
+    }
+    let ids = input_ids
+        .clone()
+        .into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .map_err(|e| crate::Error::InvalidInput(format!("input_ids: {e:?}")))?;
+    if let Some(bad) = ids.iter().find(|&&id| id < 0 || id as usize >= vocab) {
+        return Err(crate::Error::InvalidInput(format!(
+            "input_ids must be in 0..{vocab} (the vocabulary size), found {bad}"
+        )));
+    }
+    Ok(())
 }
 
 /// Zeroes the gradient of the rows before `first_trainable` of an embedding matrix

@@ -27,7 +27,9 @@ mod text_encoder;
 pub use autoencoder::{Autoencoder, DiagonalGaussian};
 pub use denoiser::Denoiser;
 pub use image_encoder::{ImageEncoder, ImageEncoderOutput};
-pub use llm::{KvCache, LayerKv, LlmBackbone, LlmOutput, mask_frozen_rows, rescale_new_rows};
+pub use llm::{
+    KvCache, LayerKv, LlmBackbone, LlmOutput, check_token_ids, mask_frozen_rows, rescale_new_rows,
+};
 pub use mapper::ConditioningMapper;
 pub use scheduler::{NoiseScheduler, NoiseSource, PredictionType, SeededNoise};
 pub use text_encoder::{TextEncoder, TextEncoderOutput};
