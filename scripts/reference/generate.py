@@ -2162,6 +2162,15 @@ import llm_assets  # noqa: E402  (scripts/reference/ is sys.path[0] when this fi
 llm_assets.register(case)
 
 # --------------------------------------------------------------------------------------------
+# data layer (FlintstonesSV / PororoSV mini datasets, pickle goldens): numpy + stdlib only,
+# the cases live in data_fixtures.py next to this file
+# --------------------------------------------------------------------------------------------
+
+import data_fixtures  # noqa: E402
+
+data_fixtures.register(case)
+
+# --------------------------------------------------------------------------------------------
 # driver
 # --------------------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ use crate::backend::BackendKind;
 mod info;
 mod inspect;
 mod txt2img;
+mod world;
 
 /// StoryGPT-V story visualization (Char-LDM + LLM) on burn.
 #[derive(Debug, Parser)]
@@ -37,6 +38,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Generate one image with a diffusers Stable Diffusion folder.
     Txt2img(txt2img::Txt2ImgArgs),
+    /// The procedural story world: generate, check, preview.
+    World(world::WorldArgs),
 }
 
 /// Runs `$f::<Backend>(args..., &device)` on the backend `$kind` (one of the compiled-in ones;
@@ -73,6 +76,7 @@ pub fn run(args: Args) -> crate::Result<()> {
         Command::Info => info::run(backend),
         Command::Inspect(a) => inspect::run(&a),
         Command::Txt2img(a) => on_backend!(backend, txt2img::run, &a),
+        Command::World(a) => world::run(&a),
     }
 }
 

@@ -149,6 +149,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A dataset file exists but its content is wrong: a bad `.npy` header, a pickle with an
+    /// unexpected structure, a manifest entry that points nowhere, an image of the wrong size.
+    /// Readers report the *first* bad file they meet.
+    #[error("{}: {reason}", path.display())]
+    DataFile {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong with it (naming the key, id or field where there is one).
+        reason: String,
+    },
+
     /// burn-store reported a problem while applying tensors that the pre-checks did not catch.
     #[error("{}: loading weights failed: {message}", path.display())]
     Load {
@@ -160,6 +171,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// A [`Error::DataFile`] for `path`.
+    pub fn data_file(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::DataFile {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
     /// Wraps an I/O error with the path it happened on.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

@@ -411,6 +411,29 @@ impl LlmTokenizer {
     }
 }
 
+/// The stage-2 sequence builder's view: segments tokenized without special tokens, BOS
+/// prepended on request.
+impl storygpt_core::LmTokenizer for LlmTokenizer {
+    fn encode_text(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        if add_bos {
+            ids.push(self.bos_token_id().ok_or_else(|| {
+                Error::InvalidInput("the tokenizer has no BOS token to prepend".into())
+            })?);
+        }
+        ids.extend(self.encode_plain(text)?);
+        Ok(ids)
+    }
+
+    fn token_id(&self, token: &str) -> Option<u32> {
+        self.token_to_id(token)
+    }
+
+    fn pad_id(&self) -> u32 {
+        self.pad_token_id().or(self.eos_token_id()).unwrap_or(0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

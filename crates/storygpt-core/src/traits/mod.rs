@@ -15,6 +15,7 @@
 //! | [`NoiseScheduler`] | the sampling / training noise schedule | `SchedulerMixin` |
 //! | [`LlmBackbone`] | frozen causal LM reading text + visual tokens | `OPTForCausalLM`, `LlamaForCausalLM` |
 //! | [`ConditioningMapper`] | `[IMG]` hidden states → `[B, 77, d_ctx]` | GILL's `TextFcLayer` |
+//! | [`CaptionTokenizer`], [`LmTokenizer`] | captions → ids for the batchers | `CLIPTokenizer`, `AutoTokenizer` |
 
 mod autoencoder;
 mod denoiser;
@@ -23,6 +24,7 @@ mod llm;
 mod mapper;
 mod scheduler;
 mod text_encoder;
+mod tokenizer;
 
 pub use autoencoder::{Autoencoder, DiagonalGaussian};
 pub use denoiser::Denoiser;
@@ -33,3 +35,4 @@ pub use llm::{
 pub use mapper::ConditioningMapper;
 pub use scheduler::{NoiseScheduler, NoiseSource, PredictionType, SeededNoise};
 pub use text_encoder::{TextEncoder, TextEncoderOutput};
+pub use tokenizer::{CaptionTokenizer, LmTokenizer};

@@ -12,5 +12,5 @@ pub mod vision;
 pub use config::{ClipTextConfig, ClipVisionConfig};
 pub use image_processor::{ClipImageProcessor, ClipImageProcessorConfig};
 pub use text::{ClipTextModel, ClipTextModelWithProjection, ClipTextOutput};
-pub use tokenizer::{ClipEncoding, ClipTokenizer};
+pub use tokenizer::{ClipEncoding, ClipTokenizer, IMAGE_MARKER};
 pub use vision::{ClipVisionModel, ClipVisionModelWithProjection, ClipVisionOutput};

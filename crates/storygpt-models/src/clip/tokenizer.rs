@@ -313,6 +313,26 @@ impl ClipTokenizer {
     }
 }
 
+/// Char-LDM's marker token, added to the CLIP tokenizer as a special token.
+pub const IMAGE_MARKER: &str = "<|image|>";
+
+/// Char-LDM's caption tokenization for the batchers: the marker is [`IMAGE_MARKER`], which must
+/// have been added with [`ClipTokenizer::add_special_tokens`].
+impl storygpt_core::CaptionTokenizer for ClipTokenizer {
+    fn marker(&self) -> &str {
+        IMAGE_MARKER
+    }
+
+    fn encode_marked(&self, text: &str) -> Result<(Vec<u32>, Vec<usize>)> {
+        let (enc, marked) = self.encode_with_marker(text, IMAGE_MARKER)?;
+        Ok((enc.input_ids, marked))
+    }
+
+    fn max_len(&self) -> usize {
+        self.model_max_length
+    }
+}
+
 /// Converts the `tokenizers` crate's byte offsets into character (code point) offsets, as
 /// Python reports them. A token covering part of a multi-byte character (emoji split into
 /// byte-level pieces) spans that whole character.
