@@ -5,6 +5,7 @@
 //! Regenerate: `.venv/bin/python scripts/reference/generate.py --only clip_tokenizer`.
 
 use crate::common::fixture;
+use crate::common::unpack;
 use serde::Deserialize;
 use storygpt::models::clip::ClipTokenizer;
 
@@ -30,27 +31,6 @@ struct Case {
     offsets: Vec<(usize, usize)>,
     #[serde(default)]
     input_ids_with_image_token: Option<Vec<u32>>,
-}
-
-/// Unpacks a tokenizer fixture (stored gzipped to stay within the size budget) into a
-/// temporary folder laid out like a Hugging Face `tokenizer/` folder.
-fn unpack(folder: &str) -> tempfile::TempDir {
-    use std::io::Read;
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(fixture(folder)).unwrap() {
-        let p = entry.unwrap().path();
-        let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        if let Some(plain) = name.strip_suffix(".gz") {
-            let mut out = Vec::new();
-            flate2::read::GzDecoder::new(std::fs::File::open(&p).unwrap())
-                .read_to_end(&mut out)
-                .unwrap();
-            std::fs::write(dir.path().join(plain), out).unwrap();
-        } else if name != "golden_ids.json" {
-            std::fs::copy(&p, dir.path().join(&name)).unwrap();
-        }
-    }
-    dir
 }
 
 fn golden() -> Golden {

@@ -12,6 +12,7 @@ mod cli;
 mod clip_image_processor;
 mod clip_parity;
 mod clip_tokenizer;
+mod data;
 mod fixtures_integrity;
 mod llm_parity;
 mod llm_tokenizer;

@@ -82,6 +82,9 @@ pub struct NdArray {
     pub fortran_order: bool,
     /// The raw element bytes.
     pub data: Vec<u8>,
+    /// A NumPy scalar (`np.float64(2.5)`) rather than an array (a 0-d array also has an
+    /// empty shape).
+    pub scalar: bool,
 }
 
 impl NdArray {
@@ -377,15 +380,18 @@ impl Machine<'_> {
         Ok(v)
     }
 
-    fn line(&mut self) -> std::result::Result<String, String> {
-        let rest = &self.input[self.pos..];
-        let end = rest
+    fn line_bytes(&mut self) -> std::result::Result<&[u8], String> {
+        let start = self.pos;
+        let end = self.input[start..]
             .iter()
             .position(|&b| b == b'\n')
-            .ok_or_else(|| format!("truncated: unterminated line at offset {}", self.pos))?;
-        let s = String::from_utf8_lossy(&rest[..end]).into_owned();
+            .ok_or_else(|| format!("truncated: unterminated line at offset {start}"))?;
         self.pos += end + 1;
-        Ok(s)
+        Ok(&self.input[start..start + end])
+    }
+
+    fn line(&mut self) -> std::result::Result<String, String> {
+        Ok(String::from_utf8_lossy(self.line_bytes()?).into_owned())
     }
 
     fn push(&mut self, node: Node) {
@@ -523,7 +529,8 @@ impl Machine<'_> {
                     self.push(Node::Str(s));
                 }
                 b'V' => {
-                    let l = self.line()?;
+                    // raw-unicode-escape: bytes are latin-1, code points above 0xff are escaped.
+                    let l: String = self.line_bytes()?.iter().map(|&b| char::from(b)).collect();
                     self.push(Node::Str(raw_unicode_unescape(&l)?));
                 }
                 b'S' => {
@@ -835,6 +842,7 @@ fn recognise_reduce(callable: Value, args: Vec<Value>) -> std::result::Result<Va
             shape: Vec::new(),
             fortran_order: false,
             data: data.clone(),
+            scalar: true,
         }));
     }
     // Protocol 5: numpy._core.numeric._frombuffer(buffer, dtype, shape, order)
@@ -851,6 +859,7 @@ fn recognise_reduce(callable: Value, args: Vec<Value>) -> std::result::Result<Va
             shape: dims(shape)?,
             fortran_order: order == "F",
             data: data.clone(),
+            scalar: false,
         }));
     }
     Ok(Value::Reduce {
@@ -900,6 +909,7 @@ fn recognise_build(object: Value, state: Value) -> std::result::Result<Value, St
             shape: dims(shape)?,
             fortran_order: *fortran,
             data: data.clone(),
+            scalar: false,
         }));
     }
     Ok(inert_build(object, state))
@@ -1022,6 +1032,7 @@ mod tests {
                 .iter()
                 .flat_map(|v| v.to_le_bytes())
                 .collect(),
+            scalar: false,
         };
         assert_eq!(a.to_f64().unwrap(), vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
     }
