@@ -139,3 +139,57 @@ fn txt2img_writes_a_deterministic_png() {
     ]);
     assert!(!ok && stderr.contains("must end in .png"), "{stderr}");
 }
+
+#[test]
+fn world_generate_check_and_preview() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("w");
+    let o = out.to_str().unwrap();
+    let (ok, _, stderr) = storygpt(&[
+        "world",
+        "generate",
+        "--out",
+        o,
+        "--stories",
+        "6",
+        "--size",
+        "64",
+        "--seed",
+        "3",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("6 stories, 24 frames of 64x64"), "{stderr}");
+    assert!(stderr.contains("frames/s"), "{stderr}");
+    // Refuses to overwrite by default.
+    let (ok, _, stderr) = storygpt(&["world", "generate", "--out", o, "--stories", "2"]);
+    assert!(!ok && stderr.contains("--overwrite"), "{stderr}");
+    let (ok, _, stderr) = storygpt(&["world", "check", o]);
+    assert!(ok && stderr.contains("24 frames OK"), "{stderr}");
+    let sheet = tmp.path().join("p.png");
+    let cast = tmp.path().join("c.png");
+    let (ok, _, stderr) = storygpt(&[
+        "world",
+        "preview",
+        "--dataset",
+        o,
+        "--out",
+        sheet.to_str().unwrap(),
+        "--frames",
+        "4",
+        "--cols",
+        "2",
+        "--cast",
+        cast.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let img = image::open(&sheet).unwrap();
+    // 2 x 2 tiles of 64 px with 4 caption lines under each, 6 px padding.
+    assert_eq!(
+        (img.width(), img.height()),
+        (6 + 2 * 70, 6 + 2 * (64 + 36 + 6))
+    );
+    assert!(image::open(&cast).unwrap().width() > 7 * 64);
+    // Bad arguments are typed errors, not panics.
+    let (ok, _, stderr) = storygpt(&["world", "generate", "--out", "/tmp/x", "--frames", "51"]);
+    assert!(!ok && stderr.contains("1..=50"), "{stderr}");
+}

@@ -23,3 +23,4 @@ mod smollm2;
 mod txt2img_parity;
 mod unet_parity;
 mod vae_parity;
+mod world_classifier;

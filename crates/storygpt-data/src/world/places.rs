@@ -197,7 +197,7 @@ pub fn draw_place(index: usize, canvas: &mut Canvas, rng: &mut impl Rng) {
             canvas.rect([0.0, g, w, h], jitter([248, 248, 252], rng, 4), none);
         }
         "city" => {
-            canvas.rect([0.0, 0.0, w, g], jitter([250, 160, 80], rng, 8), none);
+            canvas.rect([0.0, 0.0, w, g], jitter([255, 215, 170], rng, 8), none);
             let mut x = 0.0;
             while x < w {
                 let bw = rng.random_range(0.12..0.22) * w;
