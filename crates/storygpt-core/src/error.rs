@@ -136,6 +136,15 @@ pub enum Error {
         found: Vec<usize>,
     },
 
+    /// A value that must be finite is NaN or infinite (a covariance, a loss, features).
+    #[error("{what} holds a NaN or infinite value at index {index:?}")]
+    NonFinite {
+        /// What holds it.
+        what: String,
+        /// Where: the index of the first bad entry.
+        index: Vec<usize>,
+    },
+
     /// User input is invalid (empty story, zero steps, NaN guidance, ...).
     #[error("invalid input: {0}")]
     InvalidInput(String),

@@ -167,7 +167,7 @@ impl WeightLoader {
     /// checkpoint in errors about the whole set (missing or unexpected keys).
     pub fn load_files<B: Backend, M: Module<B>>(
         &self,
-        mut module: M,
+        module: M,
         files: &[PathBuf],
         report_path: &Path,
     ) -> Result<M> {
@@ -196,6 +196,70 @@ impl WeightLoader {
                     .map(|(_, s)| s.clone()),
             );
         }
+        self.apply(module, snapshots, target_dtypes, report_path)
+    }
+
+    /// Loads a PyTorch checkpoint (`.pth`, `.pt`, `.bin`: a state dict, in the zip or legacy
+    /// format) into `module`, with the same key rules and checks as the safetensors paths.
+    ///
+    /// The file is read as data by burn-store's PyTorch reader, which never executes the
+    /// pickle. A state dict nested under `"state_dict"` is found too.
+    pub fn load_pytorch<B: Backend, M: Module<B>>(&self, module: M, path: &Path) -> Result<M> {
+        use burn_store::pytorch::PytorchReader;
+        if !path.is_file() {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "checkpoint not found"),
+            ));
+        }
+        let reader = PytorchReader::new(path)
+            .or_else(|_| PytorchReader::with_top_level_key(path, "state_dict"))
+            .map_err(|e| Error::DataFile {
+                path: path.to_path_buf(),
+                reason: format!("not a readable PyTorch state dict: {e}"),
+            })?;
+        let remapper = self.remapper()?;
+        let tensors = reader.into_tensors();
+        let mut headers = Vec::with_capacity(tensors.len());
+        for (key, snap) in &tensors {
+            headers.push(FileTensor {
+                file: path.to_path_buf(),
+                key: key.clone(),
+                dtype: safetensors_dtype(snap.dtype).ok_or_else(|| Error::DataFile {
+                    path: path.to_path_buf(),
+                    reason: format!("tensor `{key}` has unsupported dtype {:?}", snap.dtype),
+                })?,
+                shape: snap.shape.to_vec(),
+            });
+        }
+        headers.sort_by(|a, b| a.key.cmp(&b.key));
+        let plan = self.plan(&module, headers, path)?;
+        let mut snapshots = Vec::with_capacity(plan.used.len());
+        for (key, snap) in tensors {
+            let mapped = remap_key(&remapper, &key);
+            if !plan.used.contains(&mapped) {
+                continue;
+            }
+            snapshots.push(TensorSnapshot::from_closure(
+                snap.clone_data_fn(),
+                snap.dtype,
+                snap.shape.clone(),
+                mapped.split('.').map(str::to_string).collect(),
+                Vec::new(),
+                Default::default(),
+            ));
+        }
+        self.apply(module, snapshots, plan.target_dtypes, path)
+    }
+
+    /// Step 4 of a load: applies the checked snapshots through burn-store.
+    fn apply<B: Backend, M: Module<B>>(
+        &self,
+        mut module: M,
+        snapshots: Vec<TensorSnapshot>,
+        target_dtypes: HashMap<String, DType>,
+        report_path: &Path,
+    ) -> Result<M> {
         let adapter = LoadAdapter {
             layout: self.layout,
             target_dtypes,
@@ -519,6 +583,26 @@ fn check_dtype(p: &ParamInfo, t: &FileTensor) -> Option<Error> {
         }
         .to_string(),
         found: format!("{:?}", t.dtype),
+    })
+}
+
+/// The safetensors dtype of a burn dtype, for the checks shared by every checkpoint format.
+fn safetensors_dtype(d: DType) -> Option<safetensors::Dtype> {
+    use safetensors::Dtype as S;
+    Some(match d {
+        DType::F64 => S::F64,
+        DType::F32 | DType::Flex32 => S::F32,
+        DType::F16 => S::F16,
+        DType::BF16 => S::BF16,
+        DType::I64 => S::I64,
+        DType::I32 => S::I32,
+        DType::I16 => S::I16,
+        DType::I8 => S::I8,
+        DType::U64 => S::U64,
+        DType::U32 => S::U32,
+        DType::U8 => S::U8,
+        DType::Bool(_) => S::BOOL,
+        _ => return None,
     })
 }
 

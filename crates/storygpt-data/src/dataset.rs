@@ -186,6 +186,12 @@ pub trait StoryDataset: Send + Sync {
     /// Number of background classes (0 when the dataset has none).
     fn num_backgrounds(&self) -> usize;
 
+    /// Background class names, when the dataset names them (the story world's places;
+    /// FlintstonesSV's 323 classes are unnamed in the released data, so empty).
+    fn background_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The frame ids of a split.
     fn frame_ids(&self, split: Split) -> &[String];
 

@@ -26,3 +26,16 @@ pub use dataset::{
     Character, FrameAnnotation, FrameImage, Gender, RefCaption, Segment, Split, StoryDataset,
 };
 pub use world::{StoryWorld, WorldConfig};
+
+/// Opens a dataset folder of any supported layout: a story world (`manifest.json`), or
+/// FlintstonesSV / PororoSV in the original layout (`split.json`, ...).
+pub fn open_dataset(
+    dir: impl AsRef<std::path::Path>,
+) -> storygpt_core::Result<Box<dyn StoryDataset>> {
+    let dir = dir.as_ref();
+    if dir.join("manifest.json").is_file() {
+        Ok(Box::new(StoryWorld::open(dir)?))
+    } else {
+        Ok(Box::new(original::OriginalDataset::open(dir)?))
+    }
+}

@@ -418,6 +418,10 @@ impl StoryDataset for StoryWorld {
         self.manifest.backgrounds.len()
     }
 
+    fn background_names(&self) -> Vec<String> {
+        self.manifest.backgrounds.clone()
+    }
+
     fn frame_ids(&self, split: Split) -> &[String] {
         &self.frame_ids[split as usize]
     }

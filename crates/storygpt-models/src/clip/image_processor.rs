@@ -330,7 +330,36 @@ pub fn center_crop(img: &RgbImage, crop_h: usize, crop_w: usize) -> RgbImage {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Pillow's bicubic resampling (libImaging/Resample.c), 8 bits per channel.
+// Pillow's resampling (libImaging/Resample.c), 8 bits per channel.
+
+/// The Pillow filters ported here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PilFilter {
+    /// `Image.BILINEAR`: the triangle filter, support 1 (torchvision's default `Resize` on PIL
+    /// images).
+    Bilinear,
+    /// `Image.BICUBIC`: Keys' cubic with a = −0.5, support 2 (CLIP's processor).
+    Bicubic,
+}
+
+impl PilFilter {
+    fn support(self) -> f64 {
+        match self {
+            PilFilter::Bilinear => 1.0,
+            PilFilter::Bicubic => 2.0,
+        }
+    }
+
+    fn weight(self, x: f64) -> f64 {
+        match self {
+            PilFilter::Bilinear => {
+                let x = x.abs();
+                if x < 1.0 { 1.0 - x } else { 0.0 }
+            }
+            PilFilter::Bicubic => bicubic_filter(x),
+        }
+    }
+}
 
 /// Fixed-point precision of Pillow's 8-bit coefficients: 32 − 8 − 2.
 const PRECISION_BITS: u32 = 22;
@@ -350,10 +379,10 @@ fn bicubic_filter(x: f64) -> f64 {
 
 /// Per output pixel: the first input index and the fixed-point weights (`precompute_coeffs` +
 /// `normalize_coeffs_8bpc`).
-fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
+fn coefficients(in_size: usize, out_size: usize, filter: PilFilter) -> Vec<(usize, Vec<i32>)> {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
-    let support = 2.0 * filterscale;
+    let support = filter.support() * filterscale;
     (0..out_size)
         .map(|xx| {
             let center = (xx as f64 + 0.5) * scale;
@@ -363,7 +392,7 @@ fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
             let n = xmax.saturating_sub(xmin);
             let mut k: Vec<f64> = (0..n)
-                .map(|x| bicubic_filter((x as f64 + xmin as f64 - center + 0.5) * ss))
+                .map(|x| filter.weight((x as f64 + xmin as f64 - center + 0.5) * ss))
                 .collect();
             let ww: f64 = k.iter().sum();
             if ww != 0.0 {
@@ -393,6 +422,12 @@ fn clip8(v: i32) -> u8 {
 
 /// Resizes an RGB image exactly as `PIL.Image.resize((w, h), Image.BICUBIC)` does.
 pub fn resize_bicubic_pil(img: &RgbImage, out_w: usize, out_h: usize) -> RgbImage {
+    resize_pil(img, out_w, out_h, PilFilter::Bicubic)
+}
+
+/// Resizes an RGB image exactly as `PIL.Image.resize((w, h), filter)` does (antialiased when
+/// shrinking: the filter support grows with the scale).
+pub fn resize_pil(img: &RgbImage, out_w: usize, out_h: usize, filter: PilFilter) -> RgbImage {
     let (in_w, in_h) = (img.width() as usize, img.height() as usize);
     if (in_w, in_h) == (out_w, out_h) {
         return img.clone();
@@ -400,7 +435,7 @@ pub fn resize_bicubic_pil(img: &RgbImage, out_w: usize, out_h: usize) -> RgbImag
     let src = img.as_raw();
     // Horizontal pass (skipped by Pillow when the width is unchanged).
     let (tmp, tmp_w) = if in_w != out_w {
-        let coeffs = coefficients(in_w, out_w);
+        let coeffs = coefficients(in_w, out_w, filter);
         let mut tmp = vec![0u8; out_w * in_h * 3];
         for y in 0..in_h {
             let row = &src[y * in_w * 3..(y + 1) * in_w * 3];
@@ -420,7 +455,7 @@ pub fn resize_bicubic_pil(img: &RgbImage, out_w: usize, out_h: usize) -> RgbImag
     };
     // Vertical pass (skipped when the height is unchanged).
     let out = if in_h != out_h {
-        let coeffs = coefficients(in_h, out_h);
+        let coeffs = coefficients(in_h, out_h, filter);
         let mut out = vec![0u8; tmp_w * out_h * 3];
         for (y, (ymin, k)) in coeffs.iter().enumerate() {
             for x in 0..tmp_w {
@@ -455,8 +490,15 @@ mod tests {
 
     #[test]
     fn coefficients_sum_to_one_in_fixed_point() {
-        for (i, o) in [(320, 298), (50, 280), (1000, 224), (7, 3)] {
-            for (_, k) in coefficients(i, o) {
+        for (i, o, f) in [
+            (320, 298, PilFilter::Bicubic),
+            (50, 280, PilFilter::Bicubic),
+            (1000, 224, PilFilter::Bicubic),
+            (7, 3, PilFilter::Bicubic),
+            (512, 299, PilFilter::Bilinear),
+            (64, 299, PilFilter::Bilinear),
+        ] {
+            for (_, k) in coefficients(i, o, f) {
                 let s: i64 = k.iter().map(|&w| w as i64).sum();
                 assert!(
                     (s - (1 << PRECISION_BITS)).abs() <= k.len() as i64,
