@@ -193,3 +193,85 @@ fn world_generate_check_and_preview() {
     let (ok, _, stderr) = storygpt(&["world", "generate", "--out", "/tmp/x", "--frames", "51"]);
     assert!(!ok && stderr.contains("1..=50"), "{stderr}");
 }
+
+#[test]
+fn eval_train_classifier_and_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("w");
+    let w = world.to_str().unwrap();
+    let (ok, _, stderr) = storygpt(&[
+        "world",
+        "generate",
+        "--out",
+        w,
+        "--stories",
+        "20",
+        "--size",
+        "64",
+        "--seed",
+        "3",
+    ]);
+    assert!(ok, "{stderr}");
+    let judge = tmp.path().join("judge");
+    let (ok, stdout, stderr) = storygpt(&[
+        "eval",
+        "train-classifier",
+        "--dataset",
+        w,
+        "--kind",
+        "char",
+        "--steps",
+        "5",
+        "--out",
+        judge.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("char classifier: 64 training frames, 5 steps"),
+        "{stdout}"
+    );
+    for f in [
+        "config.json",
+        "classifier.json",
+        "model.safetensors",
+        "README.md",
+    ] {
+        assert!(judge.join(f).is_file(), "{f} missing");
+    }
+    // the ground truth of the test split, as generated frames (flat layout)
+    let generated = tmp.path().join("gen");
+    std::fs::create_dir_all(&generated).unwrap();
+    for i in 18..20 {
+        for f in 0..4 {
+            let name = format!("s{i:05}_f{f:02}.png");
+            std::fs::copy(world.join("frames").join(&name), generated.join(&name)).unwrap();
+        }
+    }
+    let report = tmp.path().join("report");
+    let args = [
+        "eval",
+        "run",
+        "--generated",
+        generated.to_str().unwrap(),
+        "--dataset",
+        w,
+        "--out",
+        report.to_str().unwrap(),
+        "--char-classifier",
+        judge.to_str().unwrap(),
+    ];
+    let (ok, stdout, stderr) = storygpt(&args);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("| Char-Acc |"), "{stdout}");
+    for f in ["metrics.json", "summary.md", "grid.png"] {
+        assert!(report.join(f).is_file(), "{f} missing");
+    }
+    // one frame missing: a clear error naming it
+    std::fs::remove_file(generated.join("s00019_f03.png")).unwrap();
+    let (ok, _, stderr) = storygpt(&args);
+    assert!(!ok);
+    assert!(
+        stderr.contains("s00019_f03.png") && stderr.contains("7 of the 8"),
+        "{stderr}"
+    );
+}

@@ -13,6 +13,8 @@ mod clip_image_processor;
 mod clip_parity;
 mod clip_tokenizer;
 mod data;
+mod eval_parity;
+mod eval_report;
 mod fixtures_integrity;
 mod llm_parity;
 mod llm_tokenizer;

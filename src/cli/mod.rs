@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 use crate::backend::BackendKind;
 
+mod eval;
 mod info;
 mod inspect;
 mod txt2img;
@@ -40,6 +41,8 @@ pub enum Command {
     Txt2img(txt2img::Txt2ImgArgs),
     /// The procedural story world: generate, check, preview.
     World(world::WorldArgs),
+    /// Evaluation: train the judge classifiers, score generated frames.
+    Eval(eval::EvalArgs),
 }
 
 /// Runs `$f::<Backend>(args..., &device)` on the backend `$kind` (one of the compiled-in ones;
@@ -77,6 +80,7 @@ pub fn run(args: Args) -> crate::Result<()> {
         Command::Inspect(a) => inspect::run(&a),
         Command::Txt2img(a) => on_backend!(backend, txt2img::run, &a),
         Command::World(a) => world::run(&a),
+        Command::Eval(a) => on_backend!(backend, eval::run, &a),
     }
 }
 
