@@ -404,4 +404,3 @@ fn clip_scores_match_transformers() {
     let want = want.clone() / want.powf_scalar(2.0).sum_dim(1).sqrt();
     assert_close("normalised text embeds", t, &want.into_data(), 1e-4);
 }
-
