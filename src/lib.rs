@@ -20,3 +20,4 @@ pub use storygpt_eval as eval;
 pub use storygpt_models as models;
 
 pub mod cli;
+pub mod train;

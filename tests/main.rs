@@ -8,6 +8,7 @@
 
 mod common;
 
+mod char_ldm_grad;
 mod cli;
 mod clip_image_processor;
 mod clip_parity;
@@ -22,6 +23,7 @@ mod loader_parity;
 mod scheduler_parity;
 mod sd15_layout;
 mod smollm2;
+mod train;
 mod txt2img_parity;
 mod unet_parity;
 mod vae_parity;

@@ -8,6 +8,7 @@ use crate::backend::BackendKind;
 mod eval;
 mod info;
 mod inspect;
+mod train;
 mod txt2img;
 mod world;
 
@@ -43,6 +44,14 @@ pub enum Command {
     World(world::WorldArgs),
     /// Evaluation: train the judge classifiers, score generated frames.
     Eval(eval::EvalArgs),
+    /// Stage 0: train a VAE (diffusers AutoencoderKL) on a dataset's frames.
+    TrainVae(train::TrainArgs),
+    /// Stage 0: train a CLIP (text + vision, contrastive) on a dataset's captions and frames.
+    TrainClip(train::TrainArgs),
+    /// Stage 0: pretrain a small Llama-architecture LM on a dataset's stories.
+    TrainLm(train::TrainArgs),
+    /// Stage 1: train Char-LDM (UNet + FuseModule + CLIP vision, L_reg, mask loss).
+    TrainLdm(train::TrainArgs),
 }
 
 /// Runs `$f::<Backend>(args..., &device)` on the backend `$kind` (one of the compiled-in ones;
@@ -81,6 +90,10 @@ pub fn run(args: Args) -> crate::Result<()> {
         Command::Txt2img(a) => on_backend!(backend, txt2img::run, &a),
         Command::World(a) => world::run(&a),
         Command::Eval(a) => on_backend!(backend, eval::run, &a),
+        Command::TrainVae(a) => on_backend!(backend, train::vae, &a),
+        Command::TrainClip(a) => on_backend!(backend, train::clip, &a),
+        Command::TrainLm(a) => on_backend!(backend, train::lm, &a),
+        Command::TrainLdm(a) => on_backend!(backend, train::ldm, &a),
     }
 }
 

@@ -477,10 +477,29 @@ pub fn save_file<B: Backend, M: Module<B>>(
     path: &Path,
     layout: TensorLayout,
 ) -> Result<()> {
+    save_file_renamed(module, path, layout, &[])
+}
+
+/// Like [`save_file`], renaming keys with ordered regex rules (the inverse of a loader's
+/// remaps, e.g. `.ff.net_0.` → `.ff.net.0.` for diffusers UNets).
+pub fn save_file_renamed<B: Backend, M: Module<B>>(
+    module: &M,
+    path: &Path,
+    layout: TensorLayout,
+    renames: &[(&str, &str)],
+) -> Result<()> {
+    let rules = renames
+        .iter()
+        .map(|(from, to)| {
+            Regex::new(from)
+                .map(|re| (re, to.to_string()))
+                .map_err(|e| Error::InvalidInput(format!("invalid rename pattern `{from}`: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut store = SafetensorsStore::from_bytes(None)
         .skip_enum_variants(true)
         .metadata("format", "pt")
-        .with_to_adapter(SaveAdapter { layout });
+        .with_to_adapter(SaveAdapter { layout, rules });
     module.save_into(&mut store).map_err(|e| Error::Load {
         path: path.to_path_buf(),
         message: format!("collecting tensors to save failed: {e}"),
@@ -489,17 +508,71 @@ pub fn save_file<B: Backend, M: Module<B>>(
         path: path.to_path_buf(),
         message: format!("serialising safetensors failed: {e}"),
     })?;
-    crate::fs::write_atomic(path, &bytes)
+    crate::fs::write_atomic(path, &canonical_header(bytes))
 }
 
-/// Inverse of [`LoadAdapter`]'s layout part, for saving.
+/// Rewrites a safetensors header with its keys (and `__metadata__`'s) in sorted order, so the
+/// same weights always give the same bytes (burn-store keeps the metadata in a `HashMap`).
+fn canonical_header(bytes: Vec<u8>) -> Vec<u8> {
+    let parsed = (|| {
+        let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+        let header = bytes.get(8..8usize.checked_add(n)?)?;
+        let value: serde_json::Value = serde_json::from_slice(header).ok()?;
+        Some((n, value))
+    })();
+    let Some((n, value)) = parsed else {
+        return bytes;
+    };
+    // `serde_json::Map` is a BTreeMap here (no `preserve_order`): serialising sorts the keys.
+    let mut header = serde_json::to_vec(&value).unwrap_or_default();
+    if header.is_empty() {
+        return bytes;
+    }
+    // The data section must start 8-byte aligned, padded with spaces as safetensors does.
+    while (8 + header.len()) % 8 != 0 {
+        header.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + header.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
+}
+
+/// Inverse of [`LoadAdapter`]'s layout part, for saving, plus key renames.
 #[derive(Clone)]
 struct SaveAdapter {
     layout: TensorLayout,
+    rules: Vec<(Regex, String)>,
 }
 
 impl ModuleAdapter for SaveAdapter {
     fn adapt(&self, snapshot: &TensorSnapshot) -> TensorSnapshot {
+        let adapted = self.adapt_layout(snapshot);
+        if self.rules.is_empty() {
+            return adapted;
+        }
+        let mut key = adapted.full_path();
+        for (re, to) in &self.rules {
+            key = re.replace_all(&key, to.as_str()).into_owned();
+        }
+        TensorSnapshot::from_closure(
+            adapted.clone_data_fn(),
+            adapted.dtype,
+            adapted.shape.clone(),
+            key.split('.').map(str::to_string).collect(),
+            adapted.container_stack.clone().unwrap_or_default(),
+            adapted.tensor_id.unwrap_or_default(),
+        )
+    }
+
+    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
+        Box::new(self.clone())
+    }
+}
+
+impl SaveAdapter {
+    fn adapt_layout(&self, snapshot: &TensorSnapshot) -> TensorSnapshot {
         if self.layout != TensorLayout::PyTorch {
             return snapshot.clone();
         }
@@ -526,10 +599,6 @@ impl ModuleAdapter for SaveAdapter {
             adapted.container_stack.clone().unwrap_or_default(),
             adapted.tensor_id.unwrap_or_default(),
         )
-    }
-
-    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
-        Box::new(self.clone())
     }
 }
 

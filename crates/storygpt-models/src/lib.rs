@@ -14,6 +14,7 @@ pub mod autoencoder_kl;
 pub mod causal_lm;
 pub mod clip;
 pub mod embeddings;
+pub mod fuse;
 pub mod llama;
 pub mod llm_tokenizer;
 pub mod opt;

@@ -1,0 +1,215 @@
+//! Checkpoints that resume exactly: the model and optimizer records (burn's named
+//! MessagePack, full precision, parameter ids included, so the optimizer state re-attaches),
+//! the EMA weights when on, and the loop state (step, RNG position, data cursor, loss history).
+//!
+//! ```text
+//! RUN/checkpoints/step-000500/{model.mpk, optim.mpk, ema.mpk, state.json}
+//! RUN/checkpoints/latest            the name of the newest complete checkpoint
+//! ```
+//!
+//! A checkpoint is written into a hidden `.step-000500.partial-*` folder, fsynced, renamed into
+//! place, and only then named in `latest` (atomically). A crash at any point leaves the
+//! previous checkpoint intact and `latest` pointing at it.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::{AutodiffModule, Module};
+use burn::optim::Optimizer;
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use serde::{Deserialize, Serialize};
+use storygpt_core::{Error, Result};
+
+/// One logged training step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LossPoint {
+    /// Optimizer step (1-based: after this many updates).
+    pub step: usize,
+    /// Loss of the step (mean over micro-batches).
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+/// One validation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValPoint {
+    /// Step.
+    pub step: usize,
+    /// Named metrics.
+    pub metrics: std::collections::BTreeMap<String, f64>,
+}
+
+/// The loop state saved with a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoopState {
+    /// Optimizer steps done.
+    pub step: usize,
+    /// The run's RNG position (ChaCha8 seeded with `train.seed`): `get_word_pos`.
+    pub rng_word_pos: u128,
+    /// The stage's data position (sampler epoch and cursor), stage-defined.
+    pub data: serde_json::Value,
+    /// Every step's loss.
+    pub losses: Vec<LossPoint>,
+    /// Every validation.
+    pub validations: Vec<ValPoint>,
+    /// Wall seconds spent training so far (all sessions).
+    pub seconds: f64,
+    /// The run's config, as TOML, to refuse resuming with another one.
+    pub config: String,
+}
+
+fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
+    NamedMpkBytesRecorder::<FullPrecisionSettings>::default()
+}
+
+fn record_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::DataFile {
+        path: path.to_path_buf(),
+        reason: format!("checkpoint record: {e}"),
+    }
+}
+
+/// Serialises a module's record.
+pub fn module_bytes<B: Backend, M: Module<B>>(module: &M) -> Result<Vec<u8>> {
+    Recorder::<B>::record(&recorder(), module.clone().into_record(), ())
+        .map_err(|e| Error::InvalidInput(format!("serialising a module failed: {e}")))
+}
+
+/// Restores a module's record (weights and parameter ids) from `path`.
+pub fn load_module<B: Backend, M: Module<B>>(
+    module: M,
+    path: &Path,
+    device: &B::Device,
+) -> Result<M> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let record =
+        Recorder::<B>::load(&recorder(), bytes, device).map_err(|e| record_err(path, e))?;
+    Ok(module.load_record(record))
+}
+
+/// Everything a checkpoint holds besides the loop state.
+pub struct CheckpointParts<
+    'a,
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
+    E: Module<B::InnerBackend>,
+> {
+    /// The model being trained.
+    pub model: &'a M,
+    /// Its optimizer.
+    pub optim: &'a O,
+    /// The EMA weights, if on.
+    pub ema: Option<&'a E>,
+    /// Loop state.
+    pub state: &'a LoopState,
+    #[doc(hidden)]
+    pub _b: std::marker::PhantomData<B>,
+}
+
+/// The checkpoints folder of a run.
+pub fn checkpoints_dir(run: &Path) -> PathBuf {
+    run.join("checkpoints")
+}
+
+/// Writes a checkpoint (see the module docs) and prunes old ones beyond `keep`.
+pub fn save<B, M, O, E>(
+    run: &Path,
+    parts: CheckpointParts<'_, B, M, O, E>,
+    keep: usize,
+) -> Result<PathBuf>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
+    E: Module<B::InnerBackend>,
+{
+    let dir = checkpoints_dir(run);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let name = format!("step-{:06}", parts.state.step);
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}.partial-"))
+        .tempdir_in(&dir)
+        .map_err(|e| Error::io(&dir, e))?;
+    let write =
+        |file: &str, bytes: &[u8]| storygpt_core::fs::write_atomic(tmp.path().join(file), bytes);
+    write("model.mpk", &module_bytes::<B, M>(parts.model)?)?;
+    let optim = Recorder::<B>::record(&recorder(), parts.optim.to_record(), ())
+        .map_err(|e| Error::InvalidInput(format!("serialising the optimizer failed: {e}")))?;
+    write("optim.mpk", &optim)?;
+    if let Some(ema) = parts.ema {
+        write("ema.mpk", &module_bytes::<B::InnerBackend, E>(ema)?)?;
+    }
+    let json = serde_json::to_vec_pretty(parts.state)
+        .map_err(|e| Error::InvalidInput(format!("serialising the loop state failed: {e}")))?;
+    write("state.json", &json)?;
+    let final_dir = dir.join(&name);
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
+    }
+    let tmp_path = tmp.keep();
+    std::fs::rename(&tmp_path, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
+    storygpt_core::fs::write_atomic(dir.join("latest"), name.as_bytes())?;
+    prune(&dir, keep)?;
+    Ok(final_dir)
+}
+
+fn prune(dir: &Path, keep: usize) -> Result<()> {
+    let mut steps: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+        })
+        .collect();
+    steps.sort();
+    while steps.len() > keep {
+        let old = steps.remove(0);
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(())
+}
+
+/// The newest complete checkpoint of a run, if any.
+pub fn latest(run: &Path) -> Result<Option<PathBuf>> {
+    let dir = checkpoints_dir(run);
+    let pointer = dir.join("latest");
+    if !pointer.is_file() {
+        return Ok(None);
+    }
+    let name = std::fs::read_to_string(&pointer).map_err(|e| Error::io(&pointer, e))?;
+    let path = dir.join(name.trim());
+    if !path.join("state.json").is_file() {
+        return Err(Error::data_file(
+            &pointer,
+            format!(
+                "names checkpoint `{}`, which is incomplete or missing",
+                name.trim()
+            ),
+        ));
+    }
+    Ok(Some(path))
+}
+
+/// Reads a checkpoint's loop state.
+pub fn read_state(ckpt: &Path) -> Result<LoopState> {
+    storygpt_core::config::read_json(ckpt.join("state.json"))
+}
+
+/// Restores the optimizer state of a checkpoint.
+pub fn load_optim<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
+    optim: O,
+    ckpt: &Path,
+    device: &B::Device,
+) -> Result<O> {
+    let path = ckpt.join("optim.mpk");
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let record =
+        Recorder::<B>::load(&recorder(), bytes, device).map_err(|e| record_err(&path, e))?;
+    Ok(optim.load_record(record))
+}

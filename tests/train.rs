@@ -1,0 +1,336 @@
+//! Training infrastructure and the stages on tiny configs: exact resume, a smoke run of every
+//! stage (stage 0 VAE, CLIP and LM, then Char-LDM on their outputs) whose loss goes down, and
+//! the run-folder errors.
+
+use std::path::Path;
+
+use burn::backend::Autodiff;
+use storygpt::backend::default_device;
+use storygpt::data::world::{self, WorldConfig};
+use storygpt::train::RunOptions;
+use storygpt::train::char_ldm::{CharLdmRunConfig, train_char_ldm};
+use storygpt::train::clip::{ClipRunConfig, train_clip};
+use storygpt::train::lm::{LmRunConfig, train_lm};
+use storygpt::train::vae::{VaeRunConfig, train_vae};
+
+use crate::common::TB;
+
+type AD = Autodiff<TB>;
+
+fn tiny_world(dir: &Path) {
+    let cfg = WorldConfig {
+        stories: 24,
+        seed: 5,
+        size: 32,
+        ..WorldConfig::default()
+    };
+    world::generate(&cfg, dir, false, &|_, _| {}).unwrap();
+}
+
+fn opts(dir: &Path, resume: bool, stop: Option<usize>) -> RunOptions {
+    RunOptions {
+        run_dir: dir.to_path_buf(),
+        resume,
+        stop_after: stop,
+        progress: false,
+    }
+}
+
+fn vae_config(world: &Path, steps: usize) -> VaeRunConfig {
+    toml::from_str(&format!(
+        r#"
+        [data]
+        dataset = "{}"
+        resolution = 32
+        val_frames = 8
+        [model]
+        in_channels = 3
+        out_channels = 3
+        down_block_types = ["DownEncoderBlock2D", "DownEncoderBlock2D"]
+        up_block_types = ["UpDecoderBlock2D", "UpDecoderBlock2D"]
+        block_out_channels = [8, 8]
+        layers_per_block = 1
+        act_fn = "silu"
+        latent_channels = 4
+        norm_num_groups = 4
+        scaling_factor = 1.0
+        [train]
+        steps = {steps}
+        batch_size = 4
+        grad_accumulation = 2
+        lr = 2e-3
+        checkpoint_every = 2
+        validate_every = 0
+        ema = {{ decay = 0.9 }}
+        seed = 3
+        "#,
+        world.display()
+    ))
+    .unwrap()
+}
+
+/// The weights of a VAE checkpoint record, as safetensors bytes (no parameter ids).
+fn weights_of(path: &Path, cfg: &VaeRunConfig) -> Vec<u8> {
+    use storygpt::models::autoencoder_kl::AutoencoderKL;
+    let dev = default_device();
+    let mc: storygpt::models::autoencoder_kl::AutoencoderKLConfig =
+        serde_json::from_value(cfg.model.clone()).unwrap();
+    let vae = AutoencoderKL::<TB>::new(&mc, &dev).unwrap();
+    let vae = storygpt::train::checkpoint::load_module(vae, path, &dev).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("w.safetensors");
+    storygpt::core::weights::save_file(&vae, &out, storygpt::core::weights::TensorLayout::Burn)
+        .unwrap();
+    read(&out)
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn resumed_training_is_bit_identical_to_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("w");
+    tiny_world(&world);
+    let dev = default_device();
+    let cfg = vae_config(&world, 6);
+    // straight
+    let a = tmp.path().join("straight");
+    let ra = train_vae::<AD>(&cfg, &opts(&a, false, None), &dev).unwrap();
+    assert!(ra.finished && ra.steps == 6);
+    // 3 steps, "killed", then resumed for the other 3
+    let b = tmp.path().join("resumed");
+    let rb = train_vae::<AD>(&cfg, &opts(&b, false, Some(3)), &dev).unwrap();
+    assert!(!rb.finished && rb.steps == 3);
+    assert!(!b.join("model").exists(), "a paused run must not export");
+    // resuming into a folder without --resume is refused
+    let err = train_vae::<AD>(&cfg, &opts(&b, false, None), &dev).unwrap_err();
+    assert!(err.to_string().contains("--resume"), "{err}");
+    // and under another config too
+    let mut other = cfg.clone();
+    other.train.lr = 1e-3;
+    let err = train_vae::<AD>(&other, &opts(&b, true, None), &dev).unwrap_err();
+    assert!(err.to_string().contains("another config"), "{err}");
+    let rb = train_vae::<AD>(&cfg, &opts(&b, true, None), &dev).unwrap();
+    assert!(rb.finished && rb.steps == 6);
+    // The same weights, EMA and loss history, byte for byte. (The .mpk records also carry
+    // burn's random parameter ids, which differ between processes, so the weights are compared
+    // through their safetensors exports; a wrong optimizer state or data position after resume
+    // would already show in the weights of the second half.)
+    assert_eq!(
+        std::fs::read_to_string(a.join("losses.csv")).unwrap(),
+        std::fs::read_to_string(b.join("losses.csv")).unwrap()
+    );
+    for f in ["model.mpk", "ema.mpk"] {
+        let (x, y) = (
+            weights_of(&a.join("checkpoints/step-000006").join(f), &cfg),
+            weights_of(&b.join("checkpoints/step-000006").join(f), &cfg),
+        );
+        assert!(
+            x == y,
+            "{f}: the weights differ between the straight and the resumed run"
+        );
+    }
+    assert!(
+        read(&a.join("model/diffusion_pytorch_model.safetensors"))
+            == read(&b.join("model/diffusion_pytorch_model.safetensors")),
+        "the exported weights differ between the straight and the resumed run"
+    );
+    assert_eq!(read(&a.join("losses.csv")), read(&b.join("losses.csv")));
+    // the export loads with the normal diffusers loader
+    let vae = storygpt::models::autoencoder_kl::AutoencoderKL::<TB>::from_pretrained(
+        a.join("model"),
+        &dev,
+    )
+    .unwrap();
+    let _ = vae;
+    assert!(a.join("loss_curve.png").is_file() && a.join("model/README.md").is_file());
+    // keep_checkpoints = 2
+    let kept: Vec<_> = std::fs::read_dir(a.join("checkpoints"))
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            n.starts_with("step-").then_some(n)
+        })
+        .collect();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+}
+
+#[test]
+fn a_corrupt_checkpoint_is_a_typed_error_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("w");
+    tiny_world(&world);
+    let dev = default_device();
+    let cfg = vae_config(&world, 4);
+    let run = tmp.path().join("run");
+    train_vae::<AD>(&cfg, &opts(&run, false, Some(2)), &dev).unwrap();
+    let model = run.join("checkpoints/step-000002/model.mpk");
+    let bytes = read(&model);
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    let err = train_vae::<AD>(&cfg, &opts(&run, true, None), &dev).unwrap_err();
+    assert!(err.to_string().contains("model.mpk"), "{err}");
+}
+
+/// Mean of the first and last `k` losses of a run.
+fn first_last(run: &Path, k: usize) -> (f64, f64) {
+    let csv = std::fs::read_to_string(run.join("losses.csv")).unwrap();
+    let v: Vec<f64> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    let n = v.len();
+    let k = k.min(n / 2).max(1);
+    (
+        v[..k].iter().sum::<f64>() / k as f64,
+        v[n - k..].iter().sum::<f64>() / k as f64,
+    )
+}
+
+#[test]
+fn every_stage_trains_on_tiny_configs_and_its_loss_goes_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("w");
+    tiny_world(&world);
+    let dev = default_device();
+    let w = world.display().to_string();
+
+    // stage 0: VAE
+    let vae_run = tmp.path().join("vae");
+    let mut vcfg = vae_config(&world, 30);
+    vcfg.train.ema = None;
+    vcfg.train.grad_accumulation = 1;
+    vcfg.train.checkpoint_every = 30;
+    train_vae::<AD>(&vcfg, &opts(&vae_run, false, None), &dev).unwrap();
+    let (f, l) = first_last(&vae_run, 5);
+    assert!(l < f, "VAE loss {f} → {l}");
+
+    // stage 0: CLIP
+    let clip_run = tmp.path().join("clip");
+    let ccfg: ClipRunConfig = toml::from_str(&format!(
+        r#"
+        max_length = 16
+        [data]
+        dataset = "{w}"
+        resolution = 32
+        val_frames = 16
+        [model]
+        projection_dim = 16
+        [model.text_config]
+        hidden_size = 16
+        intermediate_size = 32
+        num_hidden_layers = 1
+        num_attention_heads = 2
+        projection_dim = 16
+        [model.vision_config]
+        hidden_size = 16
+        intermediate_size = 32
+        num_hidden_layers = 2
+        num_attention_heads = 2
+        image_size = 32
+        patch_size = 8
+        projection_dim = 16
+        [train]
+        steps = 30
+        batch_size = 16
+        lr = 3e-3
+        checkpoint_every = 30
+        "#
+    ))
+    .unwrap();
+    let r = train_clip::<AD>(&ccfg, &opts(&clip_run, false, None), &dev).unwrap();
+    let (f, l) = first_last(&clip_run, 5);
+    assert!(l < f, "CLIP loss {f} → {l}");
+    assert!(r.metrics.contains_key("text_to_image_top1"));
+    // the export is a CLIPModel folder the normal loaders read
+    storygpt::models::clip::ClipTextModelWithProjection::<TB>::from_pretrained(
+        clip_run.join("model"),
+        &dev,
+    )
+    .unwrap();
+    storygpt::models::clip::ClipVisionModelWithProjection::<TB>::from_pretrained(
+        clip_run.join("model"),
+        &dev,
+    )
+    .unwrap();
+    storygpt::models::clip::ClipTokenizer::from_dir(clip_run.join("model")).unwrap();
+
+    // stage 0: LM
+    let lm_run = tmp.path().join("lm");
+    let lcfg: LmRunConfig = toml::from_str(&format!(
+        r#"
+        dataset = "{w}"
+        [model]
+        hidden_size = 32
+        intermediate_size = 64
+        num_hidden_layers = 2
+        num_attention_heads = 4
+        max_position_embeddings = 256
+        tie_word_embeddings = true
+        [train]
+        steps = 30
+        batch_size = 8
+        lr = 3e-3
+        checkpoint_every = 30
+        "#
+    ))
+    .unwrap();
+    let r = train_lm::<AD>(&lcfg, &opts(&lm_run, false, None), &dev).unwrap();
+    let (f, l) = first_last(&lm_run, 5);
+    assert!(l < f, "LM loss {f} → {l}");
+    assert!(r.metrics["perplexity"].is_finite());
+    storygpt::models::llama::LlamaForCausalLM::<TB>::from_pretrained(lm_run.join("model"), &dev)
+        .unwrap();
+    storygpt::models::llm_tokenizer::LlmTokenizer::from_dir(lm_run.join("model")).unwrap();
+
+    // stage 1: Char-LDM on the stage-0 VAE and CLIP
+    let ldm_run = tmp.path().join("ldm");
+    let cfg: CharLdmRunConfig = toml::from_str(&format!(
+        r#"
+        [data]
+        dataset = "{w}"
+        resolution = 32
+        val_frames = 4
+        [components]
+        vae = "{}"
+        clip = "{}"
+        [model]
+        in_channels = 4
+        out_channels = 4
+        down_block_types = ["CrossAttnDownBlock2D", "DownBlock2D"]
+        up_block_types = ["UpBlock2D", "CrossAttnUpBlock2D"]
+        block_out_channels = [16, 32]
+        layers_per_block = 1
+        attention_head_dim = 8
+        norm_num_groups = 8
+        [train]
+        steps = 30
+        batch_size = 4
+        lr = 2e-3
+        checkpoint_every = 30
+        [sample]
+        steps = 3
+        "#,
+        vae_run.join("model").display(),
+        clip_run.join("model").display()
+    ))
+    .unwrap();
+    let r = train_char_ldm::<AD>(&cfg, &opts(&ldm_run, false, None), &dev).unwrap();
+    assert!(r.finished);
+    let (f, l) = first_last(&ldm_run, 5);
+    assert!(l < f, "Char-LDM loss {f} → {l}");
+    assert!(r.metrics.contains_key("attn_in_mask"), "{:?}", r.metrics);
+    for f in [
+        "samples-000030.png",
+        "attention-000030.png",
+        "loss_curve.png",
+    ] {
+        assert!(ldm_run.join(f).is_file(), "{f}");
+    }
+    // the exported Char-LDM folder loads and samples
+    let folder =
+        storygpt::train::char_ldm::load_char_ldm::<TB>(&ldm_run.join("model"), &dev).unwrap();
+    assert_eq!(folder.resolution, 32);
+}
