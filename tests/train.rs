@@ -333,4 +333,19 @@ fn every_stage_trains_on_tiny_configs_and_its_loss_goes_down() {
     let folder =
         storygpt::train::char_ldm::load_char_ldm::<TB>(&ldm_run.join("model"), &dev).unwrap();
     assert_eq!(folder.resolution, 32);
+
+    // stage 1 on the original FlintstonesSV layout (the mini fixture), same components: a few
+    // steps must run through the same loop, reader and batcher, and validate.
+    let fl_run = tmp.path().join("ldm_flintstones");
+    let mut fcfg = cfg.clone();
+    fcfg.data.dataset = crate::common::fixture("flintstones_mini");
+    fcfg.data.val_frames = 2;
+    fcfg.train.steps = 4;
+    fcfg.train.checkpoint_every = 2;
+    let r = train_char_ldm::<AD>(&fcfg, &opts(&fl_run, false, None), &dev).unwrap();
+    assert!(r.finished && r.steps == 4, "{r:?}");
+    assert!(r.metrics["attn_in_mask"].is_finite(), "{:?}", r.metrics);
+    let losses = std::fs::read_to_string(fl_run.join("losses.csv")).unwrap();
+    assert_eq!(losses.lines().count(), 5, "{losses}");
+    assert!(fl_run.join("model/model_index.json").is_file());
 }
