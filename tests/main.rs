@@ -23,6 +23,7 @@ mod loader_parity;
 mod scheduler_parity;
 mod sd15_layout;
 mod smollm2;
+mod storyworld_models;
 mod train;
 mod txt2img_parity;
 mod unet_parity;
