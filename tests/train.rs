@@ -88,11 +88,10 @@ fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-/// Runs `f` on a one-thread rayon pool. flex and ndarray split some reductions (conv weight
-/// gradients among them) over rayon's work-stealing pool, whose split points depend on timing:
-/// under load two identical runs can differ in the last bit. Exact resume is a property of the
-/// loop (model, optimizer, RNG and data position restored), so it is tested with deterministic
-/// kernels; CI caught the last-bit drift on a loaded 2-core machine.
+/// Runs `f` on a one-thread rayon pool. flex splits large reductions over rayon's
+/// work-stealing pool, whose split points depend on timing, so a loaded machine could change a
+/// last bit. Exact resume is a property of the loop (model, optimizer, EMA, RNG, data position
+/// and the loss history restored), so it is tested with deterministic kernels.
 fn single_threaded<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::ThreadPoolBuilder::new()
         .num_threads(1)

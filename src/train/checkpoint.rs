@@ -26,11 +26,53 @@ pub struct LossPoint {
     /// Optimizer step (1-based: after this many updates).
     pub step: usize,
     /// Loss of the step (mean over micro-batches).
+    #[serde(with = "exact_f64")]
     pub loss: f64,
     /// Learning rate used.
+    #[serde(with = "exact_f64")]
     pub lr: f64,
     /// Gradient norm before clipping.
+    #[serde(with = "exact_f64")]
     pub grad_norm: f64,
+}
+
+/// f64 stored in `state.json` as its shortest round-trip decimal string. serde_json's default
+/// number parser may come back 1 ulp off (exactness is its `float_roundtrip` feature, which
+/// would rebuild burn with it), and then a resumed run's `losses.csv` differs from the
+/// straight run's (CI caught a grad-norm ending …843 vs …845). Rust's `str::parse` is exact.
+mod exact_f64 {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{x:?}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
+}
+
+/// [`exact_f64`] for a map of named metrics.
+mod exact_f64_map {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<String, f64>,
+        s: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_map(m.iter().map(|(k, v)| (k, format!("{v:?}"))))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<BTreeMap<String, f64>, D::Error> {
+        BTreeMap::<String, String>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| v.parse().map(|x| (k, x)).map_err(D::Error::custom))
+            .collect()
+    }
 }
 
 /// One validation.
@@ -39,6 +81,7 @@ pub struct ValPoint {
     /// Step.
     pub step: usize,
     /// Named metrics.
+    #[serde(with = "exact_f64_map")]
     pub metrics: std::collections::BTreeMap<String, f64>,
 }
 
