@@ -6,9 +6,9 @@
 #
 # Stages, in order (each writes runs/<stage>/ and, when all its steps are done, runs/<stage>/model):
 #   data      storygpt world generate --size 64 (data/world64; 2,000 stories, seed 0)
-#   clip      stage 0 CLIP        configs/storyworld/clip.toml   (~13 min on 2 cores)
+#   clip      stage 0 CLIP        configs/storyworld/clip.toml   (~10 min on 2 cores)
 #   vae       stage 0 VAE         configs/storyworld/vae.toml    (~25 min)
-#   lm        stage 0 LM          configs/storyworld/lm.toml     (~5 min)
+#   lm        stage 0 LM          configs/storyworld/lm.toml     (~6 min)
 #   ldm       stage 1 Char-LDM    configs/storyworld/ldm.toml    (hours; see docs/training.md)
 #
 # The stage-0 models this script made are committed under models/storyworld/{clip,vae,lm}; it

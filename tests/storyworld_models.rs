@@ -3,7 +3,7 @@
 //! measured quality on a freshly generated world they never saw (another seed). The bounds sit
 //! a little under the numbers of their model cards (docs/training.md#results-on-the-story-world).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use burn::module::Param;
 use burn::tensor::Tensor;
@@ -27,24 +27,26 @@ fn model(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// 40 stories (160 frames) at 64², seed 11: the models were trained on seed 0.
-fn unseen_world(dir: &Path) -> Box<dyn StoryDataset> {
+/// 40 stories (160 frames) at 64², seed 11: the models were trained on seed 0. The folder
+/// lives as long as the returned `TempDir`.
+fn unseen_world() -> (tempfile::TempDir, Box<dyn StoryDataset>) {
+    let tmp = tempfile::tempdir().unwrap();
     let cfg = WorldConfig {
         stories: 40,
         seed: 11,
         size: 64,
         ..WorldConfig::default()
     };
-    let dir = dir.join("world");
+    let dir = tmp.path().join("world");
     world::generate(&cfg, &dir, false, &|_, _| {}).unwrap();
-    open_dataset(&dir).unwrap()
+    let ds = open_dataset(&dir).unwrap();
+    (tmp, ds)
 }
 
 #[test]
 fn committed_vae_reconstructs_unseen_frames() {
     let dev = default_device();
-    let tmp = tempfile::tempdir().unwrap();
-    let ds = unseen_world(tmp.path());
+    let (_tmp, ds) = unseen_world();
     let vae = AutoencoderKL::<TB>::from_pretrained(model("vae"), &dev).unwrap();
     let images: Vec<_> = ds.frame_ids(Split::Train)[..24]
         .iter()
@@ -60,8 +62,7 @@ fn committed_vae_reconstructs_unseen_frames() {
 #[test]
 fn committed_clip_names_every_portrait_and_crop() {
     let dev = default_device();
-    let tmp = tempfile::tempdir().unwrap();
-    let ds = unseen_world(tmp.path());
+    let (_tmp, ds) = unseen_world();
     let clip = ClipPair::<TB> {
         text: ClipTextModelWithProjection::from_pretrained(model("clip"), &dev).unwrap(),
         vision: ClipVisionModelWithProjection::from_pretrained(model("clip"), &dev).unwrap(),
@@ -79,8 +80,7 @@ fn committed_clip_names_every_portrait_and_crop() {
 #[test]
 fn committed_lm_resolves_pronouns_in_unseen_stories() {
     let dev = default_device();
-    let tmp = tempfile::tempdir().unwrap();
-    let ds = unseen_world(tmp.path());
+    let (_tmp, ds) = unseen_world();
     let lm = LlamaForCausalLM::<TB>::from_pretrained(model("lm"), &dev).unwrap();
     let tok = LlmTokenizer::from_dir(model("lm")).unwrap();
     let stories = storygpt::train::lm::story_texts(ds.as_ref(), Split::Train).unwrap();
