@@ -17,6 +17,7 @@ mod data;
 mod eval_parity;
 mod eval_report;
 mod fixtures_integrity;
+mod gill_mapper;
 mod llm_parity;
 mod llm_tokenizer;
 mod loader_parity;

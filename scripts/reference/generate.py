@@ -3332,6 +3332,63 @@ def _char_ldm_fuse(embed_dim: int) -> FuseModule:
     return fuse
 
 
+# --------------------------------------------------------------------------------------------
+# case: gill_mapper_tiny — StoryGPT-V's [IMG] → conditioning mapper (GILL's TextFcLayer)
+# --------------------------------------------------------------------------------------------
+
+
+class GillMapperRef(nn.Module):
+    """GILL's ``TextFcLayer(mode='gill_mapper')`` (``gill/layers.py``) with the Transformer sizes
+    as arguments (the original fixes d_model 512, 4 heads, 4 + 4 layers, FF 4 x 512): ``fc`` →
+    ``nn.Transformer(batch_first=True, norm_first=True, dropout=0.0)`` over ``query_embs`` →
+    ``model``, after adding the [IMG] input embeddings to the hidden states."""
+
+    def __init__(self, in_dim, out_dim, num_output_tokens, d_model, nhead, n_enc, n_dec, ff):
+        super().__init__()
+        self.fc = nn.Linear(in_dim, d_model)
+        self.tfm = nn.Transformer(batch_first=True, norm_first=True, d_model=d_model,
+                                  num_encoder_layers=n_enc, num_decoder_layers=n_dec,
+                                  dim_feedforward=ff, dropout=0.0, nhead=nhead)
+        self.model = nn.Linear(d_model, out_dim)
+        self.query_embs = nn.Parameter(torch.randn(1, num_output_tokens, d_model))
+
+    def forward(self, x, input_embs):
+        x = self.fc(x + input_embs)
+        x = self.tfm(x, self.query_embs.repeat(x.shape[0], 1, 1))
+        return self.model(x)
+
+
+@case("gill_mapper_tiny")
+def gen_gill_mapper_tiny(out: Path) -> None:
+    """A tiny GILL mapper (in 24, d_model 32, 4 heads, 2 + 3 layers, FF 64, 77 queries → 16)
+    in the original's checkpoint layout (``gen_text_hidden_fcs.0.*`` keys), and its output on
+    two batches of 8 [IMG] states. The biases and LayerNorm affines are randomised (PyTorch
+    initialises them to 0 / 1), so every parameter shows in the output."""
+    seed_everything()
+    cfg = dict(in_dim=24, out_dim=16, num_input_tokens=8, num_output_tokens=77, d_model=32,
+               nhead=4, num_encoder_layers=2, num_decoder_layers=3, dim_feedforward=64,
+               layer_norm_eps=1e-5)
+    m = GillMapperRef(24, 16, 77, 32, 4, 2, 3, 64).eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("bias") or ".norm" in name:
+                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if name.endswith("norm1.weight") or
+                                                      name.endswith("norm2.weight") or
+                                                      name.endswith("norm3.weight") or
+                                                      name.endswith("norm.weight") else 0.0))
+    sd = {f"gen_text_hidden_fcs.0.{k}": v for k, v in m.state_dict().items()}
+    save_golden(out / "model.safetensors", sd)
+    write_json(out / "config.json", cfg)
+    g = input_gen()
+    hidden = torch.randn(2, 8, 24, generator=g)
+    img_embeds = torch.randn(2, 8, 24, generator=g)
+    with torch.no_grad():
+        y = m(hidden, img_embeds)
+    assert y.shape == (2, 77, 16)
+    save_golden(out / "golden.safetensors",
+                {"hidden": hidden, "img_embeds": img_embeds, "output": y})
+
+
 @case("char_ldm_grad")
 def gen_char_ldm_grad(out: Path) -> None:
     """Char-LDM stage-1 training loss (StoryModel.forward after the encoders, enable_reg_loss,

@@ -10,17 +10,20 @@
 
 pub mod activation;
 pub mod attention;
+pub mod auto_lm;
 pub mod autoencoder_kl;
 pub mod causal_lm;
 pub mod clip;
 pub mod embeddings;
 pub mod fuse;
+pub mod gill_mapper;
 pub mod llama;
 pub mod llm_tokenizer;
 pub mod opt;
 pub mod resnet;
 pub mod rope;
 pub mod schedulers;
+pub mod story_head;
 pub mod unet_2d_blocks;
 pub mod unet_2d_condition;
 
