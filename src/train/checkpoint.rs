@@ -40,15 +40,34 @@ pub struct LossPoint {
 /// number parser may come back 1 ulp off (exactness is its `float_roundtrip` feature, which
 /// would rebuild burn with it), and then a resumed run's `losses.csv` differs from the
 /// straight run's (CI caught a grad-norm ending …843 vs …845). Rust's `str::parse` is exact.
+///
+/// Checkpoints written before this change hold plain JSON numbers; those still load (with the
+/// old, possibly 1-ulp-off parse, which only touches the logged history, never the weights).
 mod exact_f64 {
-    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub(super) enum Stored {
+        Exact(String),
+        Number(f64),
+    }
+
+    impl Stored {
+        pub(super) fn value<E: serde::de::Error>(self) -> std::result::Result<f64, E> {
+            match self {
+                Stored::Exact(s) => s.parse().map_err(E::custom),
+                Stored::Number(x) => Ok(x),
+            }
+        }
+    }
 
     pub fn serialize<S: Serializer>(x: &f64, s: S) -> std::result::Result<S::Ok, S::Error> {
         s.serialize_str(&format!("{x:?}"))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
-        String::deserialize(d)?.parse().map_err(D::Error::custom)
+        Stored::deserialize(d)?.value()
     }
 }
 
@@ -56,7 +75,7 @@ mod exact_f64 {
 mod exact_f64_map {
     use std::collections::BTreeMap;
 
-    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(
         m: &BTreeMap<String, f64>,
@@ -68,9 +87,9 @@ mod exact_f64_map {
     pub fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> std::result::Result<BTreeMap<String, f64>, D::Error> {
-        BTreeMap::<String, String>::deserialize(d)?
+        BTreeMap::<String, super::exact_f64::Stored>::deserialize(d)?
             .into_iter()
-            .map(|(k, v)| v.parse().map(|x| (k, x)).map_err(D::Error::custom))
+            .map(|(k, v)| v.value().map(|x| (k, x)))
             .collect()
     }
 }
@@ -255,4 +274,29 @@ pub fn load_optim<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
     let record =
         Recorder::<B>::load(&recorder(), bytes, device).map_err(|e| record_err(&path, e))?;
     Ok(optim.load_record(record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_reads_exact_strings_and_the_older_plain_numbers() {
+        let exact = r#"{"step":3,"loss":"1.2898523368703845","lr":"0.0002","grad_norm":"0.5"}"#;
+        let p: LossPoint = serde_json::from_str(exact).unwrap();
+        assert_eq!(p.loss.to_bits(), 1.2898523368703845f64.to_bits());
+        let old = r#"{"step":3,"loss":0.25,"lr":2e-4,"grad_norm":0.5}"#;
+        let q: LossPoint = serde_json::from_str(old).unwrap();
+        assert_eq!((q.loss, q.lr, q.grad_norm), (0.25, 2e-4, 0.5));
+        let v: ValPoint =
+            serde_json::from_str(r#"{"step":500,"metrics":{"a":"4.6875","b":59.375}}"#).unwrap();
+        assert_eq!(v.metrics["a"], 4.6875);
+        assert_eq!(v.metrics["b"], 59.375);
+        let back: LossPoint = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+        assert!(
+            serde_json::from_str::<LossPoint>(r#"{"step":1,"loss":"x","lr":"1","grad_norm":"1"}"#)
+                .is_err()
+        );
+    }
 }
