@@ -20,4 +20,5 @@ pub use storygpt_eval as eval;
 pub use storygpt_models as models;
 
 pub mod cli;
+pub mod pipeline;
 pub mod train;

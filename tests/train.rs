@@ -10,7 +10,9 @@ use storygpt::data::world::{self, WorldConfig};
 use storygpt::train::RunOptions;
 use storygpt::train::char_ldm::{CharLdmRunConfig, train_char_ldm};
 use storygpt::train::clip::{ClipRunConfig, train_clip};
+use storygpt::train::embeddings::{FusedEmbeddings, PrepareOptions, prepare_embeddings};
 use storygpt::train::lm::{LmRunConfig, train_lm};
+use storygpt::train::stage2::{Stage2RunConfig, train_stage2};
 use storygpt::train::vae::{VaeRunConfig, train_vae};
 
 use crate::common::TB;
@@ -364,4 +366,215 @@ fn every_stage_trains_on_tiny_configs_and_its_loss_goes_down() {
     let losses = std::fs::read_to_string(fl_run.join("losses.csv")).unwrap();
     assert_eq!(losses.lines().count(), 5, "{losses}");
     assert!(fl_run.join("model/model_index.json").is_file());
+
+    // between the stages: fused embeddings of every frame, resumable shard by shard
+    let dataset = storygpt::data::open_dataset(&world).unwrap();
+    let emb = tmp.path().join("emb");
+    let popts = PrepareOptions {
+        out: emb.clone(),
+        batch_size: 5,
+        shard_size: 7,
+        progress: false,
+    };
+    let m = prepare_embeddings(
+        &folder,
+        &ldm_run.join("model"),
+        dataset.as_ref(),
+        &popts,
+        &dev,
+    )
+    .unwrap();
+    assert!(m.is_complete() && m.shards.len() >= 3, "{m:?}");
+    assert_eq!(m.shape, [16, 16]);
+    let first: Vec<Vec<u8>> = m.shards.iter().map(|s| read(&emb.join(&s.file))).collect();
+    // as if killed after the first shard: the rerun writes the rest, byte for byte the same
+    let mut cut = m.clone();
+    cut.shards.truncate(1);
+    storygpt::core::fs::write_json_atomic(emb.join("manifest.json"), &cut).unwrap();
+    for s in &m.shards[1..] {
+        std::fs::remove_file(emb.join(&s.file)).unwrap();
+    }
+    assert!(
+        FusedEmbeddings::open(&emb).is_err(),
+        "an unfinished folder must not load"
+    );
+    let again = prepare_embeddings(
+        &folder,
+        &ldm_run.join("model"),
+        dataset.as_ref(),
+        &popts,
+        &dev,
+    )
+    .unwrap();
+    assert_eq!(again, m);
+    let second: Vec<Vec<u8>> = m.shards.iter().map(|s| read(&emb.join(&s.file))).collect();
+    assert!(
+        first == second,
+        "a resumed preparation wrote different shards"
+    );
+    let fused = FusedEmbeddings::open(&emb).unwrap();
+    assert_eq!(fused.len(), m.frames);
+
+    // stage 2 on the stage-0 LM and CLIP and those embeddings
+    let s2_run = tmp.path().join("stage2");
+    let s2: Stage2RunConfig = toml::from_str(&format!(
+        r#"
+        [data]
+        dataset = "{w}"
+        embeddings = "{}"
+        [components]
+        llm = "{}"
+        visual_encoder = "{}"
+        [model]
+        max_len = 120
+        mapper = {{ d_model = 16, nhead = 2, num_encoder_layers = 1, num_decoder_layers = 1, dim_feedforward = 32 }}
+        [train]
+        steps = 30
+        batch_size = 8
+        lr = 3e-3
+        beta2 = 0.95
+        checkpoint_every = 30
+        validate_every = 15
+        "#,
+        emb.display(),
+        lm_run.join("model").display(),
+        clip_run.join("model").display()
+    ))
+    .unwrap();
+    let r = train_stage2::<AD>(&s2, &opts(&s2_run, false, None), &dev).unwrap();
+    assert!(r.finished, "{r:?}");
+    let (f, l) = first_last(&s2_run, 5);
+    assert!(l < f, "stage-2 loss {f} → {l}");
+    assert!(
+        r.best_align_l2.is_finite() && r.metrics["val_targets"] > 0.0,
+        "{r:?}"
+    );
+    // the exported head loads, and its [IMG] rows have the mean norm of the LLM's own rows
+    let (head, hcfg) =
+        storygpt::models::story_head::StoryHead::<TB>::from_pretrained(s2_run.join("model"), &dev)
+            .unwrap();
+    assert_eq!(hcfg.img_tokens.len(), 8);
+    let lm = storygpt::models::llama::LlamaForCausalLM::<TB>::from_pretrained(
+        lm_run.join("model"),
+        &dev,
+    )
+    .unwrap();
+    let norm = |t: burn::tensor::Tensor<TB, 2>| -> Vec<f32> {
+        t.powi_scalar(2)
+            .sum_dim(1)
+            .sqrt()
+            .into_data()
+            .to_vec()
+            .unwrap()
+    };
+    use storygpt::core::traits::LlmBackbone;
+    let base = norm(lm.input_embeddings().val());
+    let mean = base.iter().sum::<f32>() / base.len() as f32;
+    for n in norm(head.img_embeddings.val()) {
+        assert!(
+            (n - mean).abs() < 1e-3 * mean,
+            "[IMG] row norm {n} vs {mean}"
+        );
+    }
+
+    // inference: the trained pieces as one pipeline
+    story_pipeline_on_tiny_models(&ldm_run.join("model"), &s2_run.join("model"), tmp.path());
+}
+
+/// The StoryGPT-V pipeline on the tiny trained models: KV-cache reuse equals recomputation,
+/// a story is drawn and written, and bad stories are typed errors.
+fn story_pipeline_on_tiny_models(ldm: &Path, head: &Path, tmp: &Path) {
+    use storygpt::pipeline::{FirstFrame, StoryOptions, StoryPipeline};
+    let dev = default_device();
+    let pipe = StoryPipeline::<TB>::new(ldm, head, &dev).unwrap();
+    let story: Vec<String> = [
+        "Fred is in the park.",
+        "He waves at Wilma.",
+        "She laughs in the kitchen.",
+        "They walk to the beach.",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let opts = StoryOptions {
+        history_window: None,
+        ..StoryOptions::default()
+    };
+    // [IMG] states with the cache carried across frames == recomputed from scratch
+    let mut visual = Vec::new();
+    let mut cache = pipe.new_cache();
+    for k in 0..story.len() {
+        let cached = pipe
+            .img_hidden_states(&story, k, &visual, &opts, Some(&mut cache))
+            .unwrap();
+        let fresh = pipe
+            .img_hidden_states(&story, k, &visual, &opts, None)
+            .unwrap();
+        let diff: f32 = (cached - fresh).abs().max().into_scalar();
+        assert!(
+            diff < 1e-4,
+            "frame {k}: cached vs recomputed [IMG] states differ by {diff}"
+        );
+        let px = image::RgbImage::from_fn(32, 32, |x, y| {
+            image::Rgb([(x * 8) as u8, (y * 8) as u8, (k * 60) as u8])
+        });
+        visual.push(pipe.visual_tokens(&px));
+    }
+    // a whole story, both first-frame paths
+    let mut opts = opts;
+    opts.sample.steps = 2;
+    for first in [FirstFrame::Llm, FirstFrame::CharLdm] {
+        opts.first_frame = first;
+        let mut seen = Vec::new();
+        let frames = pipe
+            .visualize(&story, &opts, &mut |k, _| seen.push(k))
+            .unwrap();
+        assert_eq!(seen, vec![0, 1, 2, 3]);
+        assert_eq!(frames.len(), 4);
+        assert!(frames.iter().all(|f| f.image.dimensions() == (32, 32)));
+        assert_eq!(
+            frames.iter().map(|f| f.pronoun).collect::<Vec<_>>(),
+            vec![false, true, true, true]
+        );
+        // later frames reuse the cached context: only the new part is computed
+        assert!(
+            frames[3].new_tokens < frames[3].context_tokens,
+            "{:?}",
+            (frames[3].new_tokens, frames[3].context_tokens)
+        );
+    }
+    let out = tmp.join("story_out");
+    let frames = pipe.visualize(&story[..2], &opts, &mut |_, _| {}).unwrap();
+    storygpt::cli::write_story_outputs(&out, ldm, "test".into(), &opts, &frames, 0.0).unwrap();
+    for f in [
+        "frame-01.png",
+        "frame-02.png",
+        "storyboard.png",
+        "story.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("story.json")).unwrap()).unwrap();
+    assert_eq!(json["frames"][1]["caption"], "He waves at Wilma.");
+    // bad stories: typed errors before any frame is drawn
+    let err = |s: &[String], o: &StoryOptions| {
+        pipe.visualize(s, o, &mut |_, _| panic!("drew a frame"))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err(&[], &opts).contains("empty"));
+    let long = vec!["Fred ".repeat(40)];
+    assert!(err(&long, &opts).contains("limit"), "{}", err(&long, &opts));
+    let many: Vec<String> = (0..60)
+        .map(|_| "Fred and Wilma are in the park.".to_string())
+        .collect();
+    assert!(
+        err(&many, &opts).contains("context"),
+        "{}",
+        err(&many, &opts)
+    );
+    // with a history window the same long story fits
+    opts.history_window = Some(2);
+    pipe.check_story(&many, &opts).unwrap();
 }

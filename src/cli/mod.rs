@@ -10,6 +10,7 @@ mod info;
 mod inspect;
 mod train;
 mod txt2img;
+mod visualize;
 mod world;
 
 /// StoryGPT-V story visualization (Char-LDM + LLM) on burn.
@@ -52,6 +53,18 @@ pub enum Command {
     TrainLm(train::TrainArgs),
     /// Stage 1: train Char-LDM (UNet + FuseModule + CLIP vision, L_reg, mask loss).
     TrainLdm(train::TrainArgs),
+    /// Export the newest checkpoint of a `train-ldm` run (EMA weights) as a Char-LDM folder,
+    /// without finishing the run.
+    ExportLdm(train::ExportLdmArgs),
+    /// Between the stages: write Char-LDM's fused embedding of every frame's caption with
+    /// names (the stage-2 targets), as safetensors shards with a manifest.
+    PrepareEmbeddings(train::PrepareArgs),
+    /// Stage 2: align a frozen LLM's [IMG] tokens to the fused embeddings (visual projection,
+    /// [IMG] rows and GILL mapper trained).
+    TrainLlm(train::TrainArgs),
+    /// Draw a story, one frame per sentence, with a StoryGPT-V folder (default: the embedded
+    /// story-world model): frames, a storyboard and story.json.
+    Visualize(visualize::VisualizeArgs),
 }
 
 /// Runs `$f::<Backend>(args..., &device)` on the backend `$kind` (one of the compiled-in ones;
@@ -77,6 +90,8 @@ macro_rules! on_backend {
     }};
 }
 
+pub use visualize::{parse_story, storyboard, write_outputs as write_story_outputs};
+
 /// Runs the CLI.
 pub fn run(args: Args) -> crate::Result<()> {
     init_logging(args.verbose);
@@ -94,6 +109,10 @@ pub fn run(args: Args) -> crate::Result<()> {
         Command::TrainClip(a) => on_backend!(backend, train::clip, &a),
         Command::TrainLm(a) => on_backend!(backend, train::lm, &a),
         Command::TrainLdm(a) => on_backend!(backend, train::ldm, &a),
+        Command::ExportLdm(a) => on_backend!(backend, train::export_ldm, &a),
+        Command::PrepareEmbeddings(a) => on_backend!(backend, train::prepare, &a),
+        Command::TrainLlm(a) => on_backend!(backend, train::llm, &a),
+        Command::Visualize(a) => on_backend!(backend, visualize::run, &a),
     }
 }
 

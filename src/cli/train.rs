@@ -96,3 +96,84 @@ fn print_metrics(m: &crate::train::Metrics) {
         println!("  {k}: {v:.4}");
     }
 }
+
+/// `storygpt train-llm`.
+pub fn llm<B: Backend>(a: &TrainArgs, device: &B::Device) -> Result<()> {
+    let cfg: crate::train::stage2::Stage2RunConfig = read_toml(&a.config)?;
+    let r = crate::train::stage2::train_stage2::<Autodiff<B>>(&cfg, &a.options(), device)?;
+    report(&a.out, r.finished, r.steps, r.seconds);
+    println!("best validation L2 {:.4}", r.best_align_l2);
+    print_metrics(&r.metrics);
+    Ok(())
+}
+
+/// Flags of `storygpt prepare-embeddings`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PrepareArgs {
+    /// The Char-LDM folder (`RUN/model` of `train-ldm`).
+    #[arg(long)]
+    pub ldm: PathBuf,
+    /// The dataset folder.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The output folder (resumes when it holds an unfinished run of the same inputs).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Frames per forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Frames per shard file.
+    #[arg(long, default_value_t = 1024)]
+    pub shard_size: usize,
+}
+
+/// `storygpt prepare-embeddings`.
+pub fn prepare<B: Backend>(a: &PrepareArgs, device: &B::Device) -> Result<()> {
+    let ldm = crate::train::char_ldm::load_char_ldm::<B>(&a.ldm, device)?;
+    let dataset = storygpt_data::open_dataset(&a.data)?;
+    let t0 = std::time::Instant::now();
+    let m = crate::train::embeddings::prepare_embeddings(
+        &ldm,
+        &a.ldm,
+        dataset.as_ref(),
+        &crate::train::embeddings::PrepareOptions {
+            out: a.out.clone(),
+            batch_size: a.batch_size,
+            shard_size: a.shard_size,
+            progress: true,
+        },
+        device,
+    )?;
+    println!(
+        "{} fused embeddings [{}, {}] in {} shards under {} ({:.1} s)",
+        m.frames,
+        m.shape[0],
+        m.shape[1],
+        m.shards.len(),
+        a.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Flags of `storygpt export-ldm`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExportLdmArgs {
+    /// A `train-ldm` run folder.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Where to write the Char-LDM folder (replaced atomically).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `storygpt export-ldm`: the newest checkpoint of a Char-LDM run as a model folder.
+pub fn export_ldm<B: Backend>(a: &ExportLdmArgs, device: &B::Device) -> Result<()> {
+    let step = crate::train::char_ldm::export_char_ldm_checkpoint::<B>(&a.run, &a.out, device)?;
+    println!(
+        "exported step {step} of {} to {}",
+        a.run.display(),
+        a.out.display()
+    );
+    Ok(())
+}

@@ -1101,35 +1101,19 @@ pub fn train_char_ldm<B: AutodiffBackend>(
     let inner_dev: &Device<B::InnerBackend> = device;
     let frozen =
         Frozen::<B::InnerBackend>::load(&cfg.components.clip, &cfg.components.vae, inner_dev)?;
-    let d = frozen.text_encoder.text_model.final_layer_norm.gamma.dims()[0];
-    let mut unet_json = cfg.model.clone();
-    unet_json["cross_attention_dim"] = d.into();
-    unet_json["_class_name"] = "UNet2DConditionModel".into();
     let f = frozen.vae.downsample_factor();
     let res = cfg.data.resolution;
-    unet_json["sample_size"] = (res as usize / f).into();
-    let unet_cfg: UNet2DConditionConfig = super::export::model_config(&unet_json, "model")?;
     B::seed(device, cfg.train.seed);
-    let unet = UNet2DConditionModel::<B>::new(&unet_cfg, device)?;
-    let image_encoder =
-        ClipVisionModelWithProjection::<B>::from_pretrained(&cfg.components.clip, device)?
-            .train_only_last_layers(cfg.loss.image_encoder_trainable_layers);
-    let proj = image_encoder.visual_projection.weight.dims()[1];
-    if proj != d {
-        return Err(Error::InvalidConfig {
-            path: Some(cfg.components.clip.clone()),
-            message: format!(
-                "the CLIP image projection ({proj}) must match the text width ({d}) for the fuse module"
-            ),
-        });
-    }
+    let d = frozen.text_encoder.text_model.final_layer_norm.gamma.dims()[0];
+    let (model, unet_json) = init_char_ldm::<B>(cfg, d, f, device)?;
+    let model = CharLdm {
+        image_encoder: model
+            .image_encoder
+            .train_only_last_layers(cfg.loss.image_encoder_trainable_layers),
+        ..model
+    };
     let crop_size =
         storygpt_models::clip::ClipVisionConfig::from_dir(&cfg.components.clip)?.image_size as u32;
-    let model = CharLdm {
-        unet,
-        postfuse_module: FuseModule::new(d, device),
-        image_encoder,
-    };
     let layers = reg_layers(&model.unet, cfg.loss.reg_layers);
     let dataset: Arc<dyn StoryDataset> = Arc::from(storygpt_data::open_dataset(&cfg.data.dataset)?);
     let frames = Stage1Frames::new(dataset.clone(), Split::Train, 1, cfg.train.seed)?;
@@ -1277,6 +1261,86 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A fresh Char-LDM for a run config (random UNet and FuseModule, the stage-0 CLIP vision
+/// tower) and the UNet's diffusers `config.json`, for a text encoder of width `d` and a VAE
+/// that downsamples by `f`.
+fn init_char_ldm<B: Backend>(
+    cfg: &CharLdmRunConfig,
+    d: usize,
+    f: usize,
+    device: &Device<B>,
+) -> Result<(CharLdm<B>, serde_json::Value)> {
+    let mut unet_json = cfg.model.clone();
+    unet_json["cross_attention_dim"] = d.into();
+    unet_json["_class_name"] = "UNet2DConditionModel".into();
+    unet_json["sample_size"] = (cfg.data.resolution as usize / f).into();
+    let unet_cfg: UNet2DConditionConfig = super::export::model_config(&unet_json, "model")?;
+    let unet = UNet2DConditionModel::<B>::new(&unet_cfg, device)?;
+    let image_encoder =
+        ClipVisionModelWithProjection::<B>::from_pretrained(&cfg.components.clip, device)?;
+    let proj = image_encoder.visual_projection.weight.dims()[1];
+    if proj != d {
+        return Err(Error::InvalidConfig {
+            path: Some(cfg.components.clip.clone()),
+            message: format!(
+                "the CLIP image projection ({proj}) must match the text width ({d}) for the fuse module"
+            ),
+        });
+    }
+    Ok((
+        CharLdm {
+            unet,
+            postfuse_module: FuseModule::new(d, device),
+            image_encoder,
+        },
+        unet_json,
+    ))
+}
+
+/// Exports the newest checkpoint of a Char-LDM run folder (its EMA weights when the run keeps
+/// an EMA) as a Char-LDM folder, without finishing the run: for a run stopped early, or to
+/// look at a run in progress. The model card records the checkpoint's step and metrics.
+pub fn export_char_ldm_checkpoint<B: Backend>(
+    run: &Path,
+    out: &Path,
+    device: &Device<B>,
+) -> Result<usize> {
+    let ckpt = super::checkpoint::latest(run)?
+        .ok_or_else(|| Error::InvalidInput(format!("{} holds no checkpoint", run.display())))?;
+    let state = super::checkpoint::read_state(&ckpt)?;
+    let cfg: CharLdmRunConfig =
+        toml::from_str(&state.config).map_err(|e| Error::InvalidConfig {
+            path: Some(ckpt.join("state.json")),
+            message: format!("the run config in the checkpoint: {e}"),
+        })?;
+    let frozen = Frozen::<B>::load(&cfg.components.clip, &cfg.components.vae, device)?;
+    let d = frozen.text_encoder.text_model.final_layer_norm.gamma.dims()[0];
+    let (model, unet_json) = init_char_ldm::<B>(&cfg, d, frozen.vae.downsample_factor(), device)?;
+    let weights = if ckpt.join("ema.mpk").is_file() {
+        "ema.mpk"
+    } else {
+        "model.mpk"
+    };
+    let model = super::checkpoint::load_module::<B, _>(model, &ckpt.join(weights), device)?;
+    let metrics = state
+        .validations
+        .iter()
+        .rev()
+        .find(|v| v.step == state.step)
+        .map(|v| v.metrics.clone())
+        .unwrap_or_default();
+    export_char_ldm(
+        out,
+        &model,
+        &unet_json,
+        &cfg,
+        &state.config,
+        &state,
+        &metrics,
+    )?;
+    Ok(state.step)
+}
+
 /// Writes the self-contained Char-LDM folder:
 ///
 /// ```text
@@ -1383,7 +1447,18 @@ pub struct CharLdmFolder<B: Backend> {
 /// Loads a Char-LDM folder.
 pub fn load_char_ldm<B: Backend>(dir: &Path, device: &Device<B>) -> Result<CharLdmFolder<B>> {
     let index: serde_json::Value = storygpt_core::config::read_json(dir.join("model_index.json"))?;
-    let frozen = Frozen::load(&dir.join("text_encoder"), &dir.join("vae"), device)?;
+    // Components are sub-folders by default; an index may point elsewhere (relative to `dir`),
+    // e.g. the embedded story-world model shares `../clip` and `../vae` with stage 0.
+    let component = |key: &str| -> PathBuf {
+        let rel = index[key].as_str().unwrap_or(key);
+        let p = Path::new(rel);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            dir.join(p)
+        }
+    };
+    let frozen = Frozen::load(&component("text_encoder"), &component("vae"), device)?;
     let fuse_cfg: serde_json::Value =
         storygpt_core::config::read_json(dir.join("postfuse_module/config.json"))?;
     let d = fuse_cfg["embed_dim"]

@@ -26,9 +26,11 @@ pub mod clip;
 pub mod config;
 pub mod curve;
 pub mod data;
+pub mod embeddings;
 pub mod export;
 pub mod lm;
 pub mod optim;
+pub mod stage2;
 pub mod tokenizer;
 pub mod vae;
 

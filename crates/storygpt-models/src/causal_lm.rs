@@ -258,13 +258,15 @@ pub fn resize_rows<B: Backend>(weight: Tensor<B, 2>, new_vocab: usize) -> Tensor
 }
 
 /// Replaces a parameter's value, keeping its id (so optimizer state and names still match).
+/// The value becomes a leaf (detached from whatever computed it), as a parameter must be under
+/// autodiff.
 pub fn replace_param<B: Backend, const D: usize>(
     param: &mut Param<Tensor<B, D>>,
     value: Tensor<B, D>,
 ) {
     let require_grad = param.is_require_grad();
     let id = param.id;
-    *param = Param::initialized(id, value.set_require_grad(require_grad));
+    *param = Param::initialized(id, value.detach().set_require_grad(require_grad));
 }
 
 #[cfg(test)]

@@ -189,6 +189,19 @@ impl Stage2Batcher {
         )))
     }
 
+    /// The token sequence with history frames `first..target` and target `target`, without
+    /// the `max_len` rule (inference checks the LLM's own context instead). `first == target`
+    /// gives a context with no history, which is how frame 1 can take the LLM path.
+    pub fn window(&self, captions: &[String], first: usize, target: usize) -> Result<Sequence> {
+        if first > target || target >= captions.len() {
+            return Err(Error::InvalidInput(format!(
+                "stage-2 window {first}..={target} outside a story of {} captions",
+                captions.len()
+            )));
+        }
+        self.build(captions, first, target)
+    }
+
     fn build(&self, captions: &[String], first: usize, target: usize) -> Result<Sequence> {
         let pad = self.tokenizer.pad_id();
         let m = self.config.visual_tokens;
