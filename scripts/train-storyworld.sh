@@ -10,6 +10,9 @@
 #   vae       stage 0 VAE         configs/storyworld/vae.toml    (~25 min)
 #   lm        stage 0 LM          configs/storyworld/lm.toml     (~6 min)
 #   ldm       stage 1 Char-LDM    configs/storyworld/ldm.toml    (hours; see docs/training.md)
+#   embeddings  storygpt prepare-embeddings (runs/embeddings; the stage-2 targets)
+#   stage2    stage 2 LLM alignment configs/storyworld/stage2.toml
+#   assemble  the embedded default: models/storyworld/{ldm,stage2} in bf16 + model_index.json
 #
 # The stage-0 models this script made are committed under models/storyworld/{clip,vae,lm}; it
 # starts from those unless STORYGPT_RETRAIN=1.
@@ -28,7 +31,7 @@ BACKEND="${STORYGPT_TRAIN_BACKEND:-tch}"
 # nothing measurable when the machine is otherwise idle.
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 STAGES=("$@")
-[[ ${#STAGES[@]} -eq 0 ]] && STAGES=(data clip vae lm ldm)
+[[ ${#STAGES[@]} -eq 0 ]] && STAGES=(data clip vae lm ldm embeddings stage2 assemble)
 
 if [[ "$BACKEND" == "tch" ]]; then
     env_file=$(mktemp)
@@ -52,7 +55,7 @@ train() { # stage command config
     fi
     # The stage-0 exports are committed (models/storyworld/<stage>, made by this script); start
     # from them unless asked to retrain. STORYGPT_RETRAIN=1 trains every stage from scratch.
-    if [[ "${STORYGPT_RETRAIN:-0}" != "1" && -f "models/storyworld/$1/config.json" ]]; then
+    if [[ "${STORYGPT_RETRAIN:-0}" != "1" && "$1" =~ ^(clip|vae|lm)$ && -f "models/storyworld/$1/config.json" ]]; then
         mkdir -p "$run" && cp -r "models/storyworld/$1" "$run/model"
         echo "== $1: using the committed models/storyworld/$1 (STORYGPT_RETRAIN=1 retrains it)"
         return
@@ -75,6 +78,40 @@ for stage in "${STAGES[@]}"; do
         vae) train vae train-vae configs/storyworld/vae.toml ;;
         lm) train lm train-lm configs/storyworld/lm.toml ;;
         ldm) train ldm train-ldm configs/storyworld/ldm.toml ;;
-        *) echo "unknown stage '$stage' (data, clip, vae, lm, ldm)" >&2; exit 2 ;;
+        embeddings)
+            # Resumes shard by shard when interrupted.
+            "$BIN" prepare-embeddings --ldm runs/ldm/model --data data/world64 --out runs/embeddings ;;
+        stage2) train stage2 train-llm configs/storyworld/stage2.toml ;;
+        assemble)
+            # The embedded default: Char-LDM and the stage-2 head in bf16, sharing the stage-0
+            # CLIP, VAE and LM (the text encoder and VAE of runs/ldm/model are copies of those).
+            out=models/storyworld
+            "$BIN" convert runs/ldm/model/unet "$out/ldm/unet"
+            "$BIN" convert runs/ldm/model/postfuse_module "$out/ldm/postfuse_module"
+            "$BIN" convert runs/ldm/model/image_encoder "$out/ldm/image_encoder"
+            mkdir -p "$out/ldm/scheduler"
+            cp runs/ldm/model/scheduler/scheduler_config.json "$out/ldm/scheduler/"
+            cp runs/ldm/model/README.md "$out/ldm/README.md"
+            python3 - "$out" <<'PY'
+import json, sys
+out = sys.argv[1]
+index = json.load(open("runs/ldm/model/model_index.json"))
+index.update({"text_encoder": "../clip", "vae": "../vae"})
+json.dump(index, open(f"{out}/ldm/model_index.json", "w"), indent=2)
+PY
+            "$BIN" convert runs/stage2/model "$out/stage2"
+            python3 - "$out" <<'PY'
+import json, sys
+out = sys.argv[1]
+cfg = json.load(open(f"{out}/stage2/config.json"))
+cfg.update({"llm": "../lm", "visual_encoder": "../clip", "ldm": "../ldm"})
+json.dump(cfg, open(f"{out}/stage2/config.json", "w"), indent=2)
+json.dump({"ldm": "ldm", "head": "stage2",
+           "options": {"sample": {"steps": 25, "guidance_scale": 4.0, "start_merge_step": 0},
+                       "first_frame": "llm", "history_window": 3, "seed": 0}},
+          open(f"{out}/model_index.json", "w"), indent=2)
+PY
+            du -sh "$out" ;;
+        *) echo "unknown stage '$stage' (data, clip, vae, lm, ldm, embeddings, stage2, assemble)" >&2; exit 2 ;;
     esac
 done

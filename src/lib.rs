@@ -21,4 +21,5 @@ pub use storygpt_models as models;
 
 pub mod cli;
 pub mod pipeline;
+pub mod story_eval;
 pub mod train;

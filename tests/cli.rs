@@ -68,6 +68,43 @@ fn inspect_summarises_a_model_folder_and_rejects_a_corrupt_file() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// `storygpt convert` writes a folder whose float weights are bf16 (half the bytes), equal to
+/// the originals to bf16 rounding, with every other file copied; the normal loader reads it.
+#[test]
+fn convert_writes_a_bf16_folder_the_loaders_read() {
+    let unet = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet_tiny");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("unet_bf16");
+    let (ok, stdout, stderr) =
+        storygpt(&["convert", unet.to_str().unwrap(), out.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("weights files"), "{stdout}");
+    assert_eq!(
+        std::fs::read(unet.join("config.json")).unwrap(),
+        std::fs::read(out.join("config.json")).unwrap()
+    );
+    let name = "diffusion_pytorch_model.safetensors";
+    let a = storygpt::core::weights::read_tensors(&unet.join(name)).unwrap();
+    let b = storygpt::core::weights::read_tensors(&out.join(name)).unwrap();
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, t) in &a {
+        let x: Vec<f32> = t.clone().convert::<f32>().to_vec().unwrap();
+        let y: Vec<f32> = b[k].clone().convert::<f32>().to_vec().unwrap();
+        assert_eq!(b[k].dtype, burn::tensor::DType::BF16, "{k}");
+        for (p, q) in x.iter().zip(&y) {
+            assert!((p - q).abs() <= p.abs() / 128.0 + 1e-30, "{k}: {p} vs {q}");
+        }
+    }
+    let before = std::fs::metadata(unet.join(name)).unwrap().len();
+    let after = std::fs::metadata(out.join(name)).unwrap().len();
+    assert!(after * 10 < before * 6, "{before} → {after} bytes");
+    storygpt::models::unet_2d_condition::UNet2DConditionModel::<crate::common::TB>::from_pretrained(
+        &out,
+        &storygpt::backend::default_device(),
+    )
+    .unwrap();
+}
+
 /// `storygpt txt2img` on the tiny pipeline writes a PNG of the requested size, and the same
 /// seed gives the same bytes.
 #[test]

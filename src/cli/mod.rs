@@ -5,7 +5,9 @@ use clap::{Parser, Subcommand};
 
 use crate::backend::BackendKind;
 
+mod convert;
 mod eval;
+mod eval_story;
 mod info;
 mod inspect;
 mod train;
@@ -39,6 +41,11 @@ pub enum Command {
     /// Validate and summarise a checkpoint: a `.safetensors` file, a sharded
     /// `*.safetensors.index.json`, or a Hugging Face / diffusers model folder.
     Inspect(inspect::InspectArgs),
+    /// The stage-2 table on test stories: the pipeline with pronoun captions vs Char-LDM with
+    /// pronoun and with named captions, scored by the judges.
+    EvalStory(eval_story::EvalStoryArgs),
+    /// Rewrite a model folder's weights in another float precision (bf16 halves it).
+    Convert(convert::ConvertArgs),
     /// Generate one image with a diffusers Stable Diffusion folder.
     Txt2img(txt2img::Txt2ImgArgs),
     /// The procedural story world: generate, check, preview.
@@ -102,6 +109,8 @@ pub fn run(args: Args) -> crate::Result<()> {
     match args.command {
         Command::Info => info::run(backend),
         Command::Inspect(a) => inspect::run(&a),
+        Command::Convert(a) => convert::run(&a),
+        Command::EvalStory(a) => on_backend!(backend, eval_story::run, &a),
         Command::Txt2img(a) => on_backend!(backend, txt2img::run, &a),
         Command::World(a) => world::run(&a),
         Command::Eval(a) => on_backend!(backend, eval::run, &a),

@@ -469,6 +469,9 @@ fn forward<B: Backend>(
     })
 }
 
+/// Writes the best head when validation improves.
+type HeadExporter<B> = Box<dyn Fn(&Stage2Model<B>, &Metrics) -> Result<()>>;
+
 /// The stage.
 pub struct Stage2Stage<B: AutodiffBackend> {
     batcher: Stage2Batcher,
@@ -487,7 +490,7 @@ pub struct Stage2Stage<B: AutodiffBackend> {
     m: usize,
     first_target: usize,
     best_l2: f64,
-    export: Box<dyn Fn(&Stage2Model<B::InnerBackend>, &Metrics) -> Result<()>>,
+    export: HeadExporter<B::InnerBackend>,
     device: Device<B>,
 }
 

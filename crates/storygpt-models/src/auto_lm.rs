@@ -14,6 +14,9 @@ use crate::llama::LlamaForCausalLM;
 use crate::opt::OptForCausalLM;
 
 /// OPT or Llama, chosen by `config.json`'s `model_type`.
+// One per process and never moved in a hot loop; boxing the variants would only add an
+// indirection to every call (and burn's Module derive does not see through `Box`).
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum AutoCausalLm<B: Backend> {
     /// `model_type: "opt"`.

@@ -181,7 +181,7 @@ impl ConfigFile for GillMapperConfig {
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(format!("`{name}` must be positive"));
         }
-        if self.d_model % self.nhead != 0 {
+        if !self.d_model.is_multiple_of(self.nhead) {
             return Err(format!(
                 "d_model ({}) must be divisible by nhead ({})",
                 self.d_model, self.nhead
@@ -227,8 +227,8 @@ impl<B: Backend> MultiheadAttention<B> {
         let bias = self.in_proj_bias.val();
         let project = |x: Tensor<B, 3>, i: usize| {
             let [b, n, _] = x.dims();
-            let wi = w.clone().slice([i * e..(i + 1) * e, 0..e]).transpose();
-            let bi = bias.clone().slice([i * e..(i + 1) * e]).unsqueeze::<2>();
+            let wi = w.clone().narrow(0, i * e, e).transpose();
+            let bi = bias.clone().narrow(0, i * e, e).unsqueeze::<2>();
             (x.reshape([b * n, e]).matmul(wi) + bi).reshape([b, n, e])
         };
         let q = project(query, 0);

@@ -1,0 +1,93 @@
+//! `storygpt eval-story`: the stage-2 table (full pipeline with pronouns, Char-LDM with
+//! pronouns, Char-LDM with names) on a dataset's test stories.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use burn::tensor::backend::Backend;
+use indicatif::{ProgressBar, ProgressStyle};
+use storygpt_core::Result;
+
+use crate::pipeline::StoryPipeline;
+use crate::story_eval::{evaluate_stories, markdown};
+
+/// Flags of `storygpt eval-story`.
+#[derive(Debug, clap::Args)]
+pub struct EvalStoryArgs {
+    /// A StoryGPT-V folder.
+    #[arg(long, default_value = "models/storyworld")]
+    pub model: PathBuf,
+    /// The dataset whose test stories are drawn.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// How many test stories.
+    #[arg(long, default_value_t = 100)]
+    pub stories: usize,
+    /// Output folder: `table.md`, `metrics.json`, `stories.png`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Character judge folder.
+    #[arg(long, default_value = "models/storyworld/judge-char")]
+    pub char_judge: PathBuf,
+    /// Background judge folder.
+    #[arg(long, default_value = "models/storyworld/judge-bg")]
+    pub bg_judge: PathBuf,
+    /// DDIM steps (default: the model's).
+    #[arg(long)]
+    pub steps: Option<usize>,
+}
+
+/// `storygpt eval-story`.
+pub fn run<B: Backend + 'static>(a: &EvalStoryArgs, device: &B::Device) -> Result<()> {
+    let (pipe, mut opts) = StoryPipeline::<B>::from_dir(&a.model, device)?;
+    if let Some(s) = a.steps {
+        opts.sample.steps = s;
+    }
+    let dataset: Arc<dyn storygpt_data::StoryDataset> =
+        Arc::from(storygpt_data::open_dataset(&a.data)?);
+    let bar = ProgressBar::new(a.stories as u64);
+    bar.set_style(
+        ProgressStyle::with_template("[eval-story] {bar:30} story {pos}/{len} | ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let (rows, frames) = evaluate_stories(
+        &pipe,
+        dataset,
+        a.stories,
+        &opts,
+        (Some(a.char_judge.as_path()), Some(a.bg_judge.as_path())),
+        &mut |i, n| {
+            bar.set_length(n as u64);
+            bar.set_position(i as u64)
+        },
+        device,
+    )?;
+    bar.finish_and_clear();
+    std::fs::create_dir_all(&a.out).map_err(|e| storygpt_core::Error::io(&a.out, e))?;
+    let table = markdown(&rows);
+    storygpt_core::fs::write_atomic(a.out.join("table.md"), table.as_bytes())?;
+    storygpt_core::fs::write_json_atomic(
+        a.out.join("metrics.json"),
+        &serde_json::json!({"model": a.model, "data": a.data, "stories": a.stories,
+            "options": opts, "rows": rows}),
+    )?;
+    // The first two stories: one row of frames per condition, captions under the pipeline's.
+    let n = frames.ids.len().min(8);
+    let mut tiles = Vec::new();
+    for (r, row) in frames.rows.iter().enumerate() {
+        for (img, caption) in row.iter().zip(&frames.captions).take(n) {
+            let label = if r == 0 {
+                caption.clone()
+            } else {
+                String::new()
+            };
+            tiles.push((crate::train::data::resize(img, 96), label));
+        }
+    }
+    storygpt_data::draw::save_png(
+        &a.out.join("stories.png"),
+        &storygpt_data::draw::contact_sheet(&tiles, n.max(1), 3, 4),
+    )?;
+    print!("{table}");
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! The stage-2 comparison of the paper's Table 1 on a dataset's test stories, scored by the
+//! character and background judges:
+//!
+//! | row | what draws each frame |
+//! |---|---|
+//! | `pipeline, pronoun captions` | the full StoryGPT-V pipeline fed the referential captions |
+//! | `Char-LDM, pronoun captions` | Char-LDM alone on the same captions (a name left in a caption is fused with its portrait; a pronoun has nothing to fuse) |
+//! | `Char-LDM, named captions` | Char-LDM alone on the captions with names (the ceiling the LLM aims at) |
+//!
+//! Every row uses the same seed per frame, the same sampler settings and the same judges.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::tensor::Device;
+use burn::tensor::backend::Backend;
+use image::RgbImage;
+use serde::Serialize;
+use storygpt_core::pipeline::Conditioning;
+use storygpt_core::traits::Autoencoder;
+use storygpt_core::{Error, Result};
+use storygpt_data::{Split, StoryDataset};
+use storygpt_models::clip::IMAGE_MARKER;
+
+use crate::pipeline::{StoryOptions, StoryPipeline};
+use crate::train::Metrics;
+use crate::train::char_ldm::{
+    Prompt, ValidationSet, frame_prompt, judge_frames, portraits, prompt_conditioning, sample_with,
+};
+
+/// One row of the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoryEvalRow {
+    /// What drew the frames.
+    pub name: String,
+    /// Exact character-set accuracy, %.
+    pub char_acc: f64,
+    /// Character F1 (micro), %.
+    pub char_f1: f64,
+    /// Background accuracy, %.
+    pub bg_acc: f64,
+    /// Background F1, %.
+    pub bg_f1: f64,
+    /// Frames scored.
+    pub frames: usize,
+    /// Seconds spent drawing them.
+    pub seconds: f64,
+}
+
+/// The generated frames of the three rows, per story, for pictures.
+pub struct StoryEvalFrames {
+    /// Frame ids, story by story.
+    pub ids: Vec<String>,
+    /// Referential captions, aligned with `ids`.
+    pub captions: Vec<String>,
+    /// Frames of each row, aligned with `ids`.
+    pub rows: Vec<Vec<RgbImage>>,
+}
+
+/// The caption with `<|image|>` after each cast name it contains, and those portraits.
+fn mark_names(caption: &str, dataset: &dyn StoryDataset, portraits: &[Option<RgbImage>]) -> Prompt {
+    let mut words: Vec<String> = Vec::new();
+    let mut imgs = Vec::new();
+    for w in caption.split_whitespace() {
+        words.push(w.to_string());
+        let bare: String = w.chars().filter(|c| c.is_alphanumeric()).collect();
+        if let Some((i, _)) = dataset
+            .characters()
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.name.eq_ignore_ascii_case(&bare))
+            && let Some(Some(p)) = portraits.get(i)
+        {
+            // The marker goes right after the name, before any punctuation.
+            let last = words.pop().unwrap_or_default();
+            let tail: String = last.chars().skip_while(|c| c.is_alphanumeric()).collect();
+            words.push(format!("{bare} {IMAGE_MARKER}{tail}"));
+            imgs.push(p.clone());
+        }
+    }
+    Prompt {
+        marked_caption: words.join(" "),
+        caption: caption.to_string(),
+        portraits: imgs,
+    }
+}
+
+/// Scores the three rows on the first `stories` test stories of `dataset` (`on_story(i, n)`
+/// before each).
+pub fn evaluate_stories<B: Backend + 'static>(
+    pipe: &StoryPipeline<B>,
+    dataset: Arc<dyn StoryDataset>,
+    stories: usize,
+    opts: &StoryOptions,
+    judges: (Option<&std::path::Path>, Option<&std::path::Path>),
+    on_story: &mut dyn FnMut(usize, usize),
+    device: &Device<B>,
+) -> Result<(Vec<StoryEvalRow>, StoryEvalFrames)> {
+    let test: Vec<Vec<String>> = dataset
+        .stories(Split::Test)
+        .iter()
+        .take(stories)
+        .cloned()
+        .collect();
+    if test.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "{} has no test stories",
+            dataset.root().display()
+        )));
+    }
+    let load = |p: Option<&std::path::Path>| {
+        p.map(|d| storygpt_eval::classifier::load_classifier::<B>(d, device))
+            .transpose()
+    };
+    let cast = portraits(dataset.as_ref());
+    let val = ValidationSet {
+        dataset: dataset.clone(),
+        ids: Vec::new(),
+        portraits: cast.clone(),
+        char_judge: load(judges.0)?,
+        bg_judge: load(judges.1)?,
+        sample: opts.sample.clone(),
+    };
+    let ldm = &pipe.ldm;
+    let latent_side = ldm.resolution as usize / Autoencoder::downsample_factor(&ldm.frozen.vae);
+    let shape = [
+        1,
+        Autoencoder::latent_channels(&ldm.frozen.vae),
+        latent_side,
+        latent_side,
+    ];
+    let mut ids = Vec::new();
+    let mut captions = Vec::new();
+    let mut rows: Vec<Vec<RgbImage>> = vec![Vec::new(); 3];
+    let mut seconds = [0.0f64; 3];
+    for (s, story) in test.iter().enumerate() {
+        on_story(s, test.len());
+        let images = vec![0; story.len()];
+        let refs: Vec<String> = dataset
+            .referential_captions(story, &images)?
+            .into_iter()
+            .map(|c| c.text)
+            .collect();
+        let t0 = Instant::now();
+        let story_opts = StoryOptions {
+            seed: opts.seed + 1000 * s as u64,
+            ..opts.clone()
+        };
+        let drawn = pipe.visualize(&refs, &story_opts, &mut |_, _| {})?;
+        seconds[0] += t0.elapsed().as_secs_f64();
+        rows[0].extend(drawn.into_iter().map(|f| f.image));
+        for (k, id) in story.iter().enumerate() {
+            let seed = story_opts.seed + k as u64;
+            for (row, prompt) in [
+                (1, mark_names(&refs[k], dataset.as_ref(), &cast)),
+                (2, frame_prompt(dataset.as_ref(), id, &cast)?),
+            ] {
+                let t0 = Instant::now();
+                let (null, plain, fused) = prompt_conditioning(
+                    &ldm.model,
+                    &ldm.frozen,
+                    std::slice::from_ref(&prompt),
+                    prompt.portraits.len().max(1),
+                    ldm.crop_size,
+                    device,
+                )?;
+                let cond = Conditioning::delayed(null, plain, fused, opts.sample.start_merge_step);
+                let img = sample_with(
+                    &ldm.model,
+                    &ldm.frozen,
+                    &cond,
+                    &opts.sample,
+                    shape,
+                    seed,
+                    device,
+                )?;
+                rows[row].extend(img);
+                seconds[row] += t0.elapsed().as_secs_f64();
+            }
+        }
+        ids.extend(story.iter().cloned());
+        captions.extend(refs);
+    }
+    let names = [
+        "StoryGPT-V pipeline, pronoun captions",
+        "Char-LDM, pronoun captions",
+        "Char-LDM, named captions",
+    ];
+    let mut table = Vec::new();
+    for (r, name) in names.iter().enumerate() {
+        let mut m = Metrics::new();
+        judge_frames(&val, &ids, &rows[r], device, &mut m)?;
+        let get = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
+        table.push(StoryEvalRow {
+            name: name.to_string(),
+            char_acc: get("char_acc"),
+            char_f1: get("char_f1"),
+            bg_acc: get("bg_acc"),
+            bg_f1: get("bg_f1"),
+            frames: rows[r].len(),
+            seconds: seconds[r],
+        });
+    }
+    Ok((
+        table,
+        StoryEvalFrames {
+            ids,
+            captions,
+            rows,
+        },
+    ))
+}
+
+/// The table as markdown.
+pub fn markdown(rows: &[StoryEvalRow]) -> String {
+    let mut s = String::from(
+        "| frames drawn by | Char-Acc | Char-F1 | BG-Acc | BG-F1 | frames | s/frame |\n|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.2} |\n",
+            r.name,
+            r.char_acc,
+            r.char_f1,
+            r.bg_acc,
+            r.bg_f1,
+            r.frames,
+            r.seconds / r.frames.max(1) as f64
+        ));
+    }
+    s
+}
