@@ -1370,7 +1370,9 @@ fn export_char_ldm<B: Backend>(
     let root = tmp.path();
     let card = ModelCard {
         title: "Char-LDM (stage 1)".into(),
-        description: "StoryGPT-V's character-augmented latent diffusion model: UNet + FuseModule + the                       last 2 CLIP vision layers trained with the denoising loss, the 30 % mask loss and                       the cross-attention control loss L_reg; VAE and text encoder frozen."
+        description: "StoryGPT-V's character-augmented latent diffusion model: UNet + FuseModule + the \
+                      last 2 CLIP vision layers trained with the denoising loss, the 30 % mask loss and \
+                      the cross-attention control loss L_reg; VAE and text encoder frozen."
             .into(),
         data: format!("{} at {}²", cfg.data.dataset.display(), cfg.data.resolution),
         steps: state.step,
