@@ -220,6 +220,53 @@ fn cache_continued_decoding_matches_transformers_and_the_uncached_forward() {
     }
 }
 
+/// A chunk of several tokens after a cached past (how the story pipeline extends its context)
+/// equals the uncached forward over the whole sequence. Guards the causal alignment: libtorch's
+/// `is_causal` puts the diagonal top-left, burn's fallback bottom-right.
+#[test]
+fn multi_token_chunks_after_a_cached_past_match_the_uncached_forward() {
+    let dev = default_device();
+    for (name, opt) in LMS {
+        if name == "llama_tiny_rope_dynamic" {
+            continue; // dynamic NTK differs between cached and uncached runs by design
+        }
+        let model = load(name, opt);
+        let v = model.vocab_size();
+        let n = 11;
+        let ids: Vec<i64> = (0..n)
+            .map(|i| ((i * 37 + 5) % (v as i64 - 1)) + 1)
+            .collect();
+        let ids_of = |a: usize, b: usize| {
+            Tensor::<TB, 2, Int>::from_data(TensorData::new(ids[a..b].to_vec(), [1, b - a]), &dev)
+        };
+        let full = model
+            .forward_embeds(model.embed_tokens(ids_of(0, n as usize)), None, None, false)
+            .unwrap()
+            .logits;
+        let mut cache = model.new_cache();
+        let mut start = 0;
+        for end in [4usize, 5, 11] {
+            let part = model
+                .forward_embeds(
+                    model.embed_tokens(ids_of(start, end)),
+                    None,
+                    Some(&mut cache),
+                    false,
+                )
+                .unwrap()
+                .logits;
+            assert_close(
+                &format!("{name} chunk {start}..{end} after a cached past"),
+                part,
+                &full.clone().slice([0..1, start..end, 0..v]).into_data(),
+                1e-4,
+            );
+            start = end;
+        }
+        assert_eq!(cache.seq_len(), n as usize);
+    }
+}
+
 #[test]
 fn greedy_generation_matches_transformers_with_and_without_cache() {
     for (name, opt) in LMS {

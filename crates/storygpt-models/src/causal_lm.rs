@@ -198,11 +198,16 @@ pub fn causal_attention<B: Backend>(
         is_causal,
     };
     if mask.is_dense() {
-        // Causal with the diagonal aligned bottom-right: correct for a cached past too.
+        // One new query sees the whole past: no mask at all.
         if seq == 1 {
             return attention(q, k, v, None, None, options(false));
         }
-        return attention(q, k, v, None, None, options(true));
+        // `is_causal` only without a past: backends disagree on where the diagonal sits when
+        // there are more keys than queries (burn's fallback aligns it bottom-right, libtorch's
+        // SDPA top-left), so a chunk after a cached past takes the explicit bias below.
+        if mask.past == 0 {
+            return attention(q, k, v, None, None, options(true));
+        }
     }
     let bias = mask.bias::<B>(heads, q.dtype(), &q.device());
     debug_assert_eq!(bias.dims()[0], b);
