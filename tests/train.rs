@@ -449,6 +449,10 @@ fn every_stage_trains_on_tiny_configs_and_its_loss_goes_down() {
         r.best_align_l2.is_finite() && r.metrics["val_targets"] > 0.0,
         "{r:?}"
     );
+    // the final card gives the whole run's steps and names the step its weights come from
+    let card = std::fs::read_to_string(s2_run.join("model/README.md")).unwrap();
+    assert!(card.contains(&format!("- steps: {}\n", r.steps)), "{card}");
+    assert!(card.contains("The weights are those of step "), "{card}");
     // the exported head loads, and its [IMG] rows have the mean norm of the LLM's own rows
     let (head, hcfg) =
         storygpt::models::story_head::StoryHead::<TB>::from_pretrained(s2_run.join("model"), &dev)

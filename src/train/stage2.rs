@@ -470,7 +470,7 @@ fn forward<B: Backend>(
 }
 
 /// Writes the best head when validation improves.
-type HeadExporter<B> = Box<dyn Fn(&Stage2Model<B>, &Metrics) -> Result<()>>;
+type HeadExporter<B> = Box<dyn Fn(&Stage2Model<B>, &Metrics, usize) -> Result<()>>;
 
 /// The stage.
 pub struct Stage2Stage<B: AutodiffBackend> {
@@ -490,6 +490,8 @@ pub struct Stage2Stage<B: AutodiffBackend> {
     m: usize,
     first_target: usize,
     best_l2: f64,
+    /// Step and validation metrics of the best head so far.
+    best: Option<(usize, Metrics)>,
     export: HeadExporter<B::InnerBackend>,
     device: Device<B>,
 }
@@ -552,7 +554,7 @@ impl<B: AutodiffBackend> Stage<B> for Stage2Stage<B> {
     fn validate(
         &mut self,
         model: &Stage2Model<B::InnerBackend>,
-        _step: usize,
+        step: usize,
         _run: &Path,
     ) -> Result<Metrics> {
         let metrics = validation_metrics(
@@ -573,19 +575,30 @@ impl<B: AutodiffBackend> Stage<B> for Stage2Stage<B> {
             .unwrap_or(f64::INFINITY);
         if l2 < self.best_l2 {
             self.best_l2 = l2;
-            (self.export)(model, &metrics)?;
+            self.best = Some((step, metrics.clone()));
+            (self.export)(model, &metrics, step)?;
             tracing::info!(val_align_l2 = l2, "new best stage-2 head exported");
         }
         Ok(metrics)
     }
 
     fn data_state(&self) -> serde_json::Value {
-        serde_json::json!({"sampler": self.sampler.state(), "best_l2": self.best_l2})
+        serde_json::json!({
+            "sampler": self.sampler.state(),
+            "best_l2": self.best_l2,
+            "best_step": self.best.as_ref().map(|b| b.0),
+            "best_metrics": self.best.as_ref().map(|b| &b.1),
+        })
     }
 
     fn restore_data_state(&mut self, state: &serde_json::Value) -> Result<()> {
         self.sampler.restore(&state["sampler"])?;
         self.best_l2 = state["best_l2"].as_f64().unwrap_or(f64::INFINITY);
+        // checkpoints before the card fix hold no best step: the card then says step 0
+        let step = state["best_step"].as_u64().unwrap_or(0) as usize;
+        let metrics: Metrics =
+            serde_json::from_value(state["best_metrics"].clone()).unwrap_or_default();
+        self.best = self.best_l2.is_finite().then_some((step, metrics));
         Ok(())
     }
 }
@@ -757,17 +770,16 @@ pub fn train_stage2<B: AutodiffBackend>(
     let run_dir = opts.run_dir.clone();
     let export_cfg = head_cfg.clone();
     let export_toml = config_toml.clone();
-    let tok_for_export = tokenizer.clone();
-    let export = Box::new(move |m: &Stage2Model<B::InnerBackend>, metrics: &Metrics| {
-        export_head(
-            &run_dir.join("best"),
-            &m.head(base_vocab),
-            &export_cfg,
-            &tok_for_export,
-            &export_toml,
-            metrics,
-        )
-    });
+    let export = Box::new(
+        move |m: &Stage2Model<B::InnerBackend>, metrics: &Metrics, step: usize| {
+            export_head(
+                &run_dir.join("best"),
+                &m.head(base_vocab),
+                &export_cfg,
+                &head_card(&export_toml, metrics, step, None),
+            )
+        },
+    );
     let mut stage = Stage2Stage::<B> {
         batcher,
         pad,
@@ -785,6 +797,7 @@ pub fn train_stage2<B: AutodiffBackend>(
         m: cfg.model.n_visual_tokens,
         first_target: usize::from(!cfg.model.first_frame_targets),
         best_l2: f64::INFINITY,
+        best: None,
         export,
         device: device.clone(),
     };
@@ -813,6 +826,15 @@ pub fn train_stage2<B: AutodiffBackend>(
                 std::fs::copy(&p, tmp.path().join(name)).map_err(|e| Error::io(&p, e))?;
             }
         }
+        // The card of the final folder: the whole run's steps and time, the best step's metrics.
+        let (best_step, best_metrics) = stage.best.clone().unwrap_or_default();
+        let card = head_card(
+            &config_toml,
+            &best_metrics,
+            out.state.step,
+            Some((best_step, out.state.seconds)),
+        );
+        storygpt_core::fs::write_atomic(tmp.path().join("README.md"), card.markdown().as_bytes())?;
         super::export::replace_dir(tmp, &opts.run_dir.join("model"))?;
     }
     Ok(Stage2Report {
@@ -824,33 +846,56 @@ pub fn train_stage2<B: AutodiffBackend>(
     })
 }
 
-/// Writes a head folder (see `storygpt_models::story_head`), with the LLM tokenizer that holds
-/// the `[IMG]` tokens.
+/// The model card of a head folder. `run` = (step of the best checkpoint, training seconds of
+/// the whole run) for the final folder; `None` while training (a `best/` snapshot at `step`).
+fn head_card(
+    config_toml: &str,
+    metrics: &Metrics,
+    step: usize,
+    run: Option<(usize, f64)>,
+) -> super::export::ModelCard {
+    let (selected, seconds) = match run {
+        Some((best, seconds)) => (
+            format!("The weights are those of step {best}, the best validation L2 of the run."),
+            seconds,
+        ),
+        None => (
+            format!("A snapshot of step {step}, the best validation L2 so far."),
+            0.0,
+        ),
+    };
+    super::export::ModelCard {
+        title: "StoryGPT-V stage-2 head".into(),
+        description: format!(
+            "What stage 2 trains on top of a frozen LLM: the visual projection (CLIP \
+             pooler_output → 4 LLM tokens), the [IMG] input embeddings and the GILL mapper \
+             ([IMG] hidden states → Char-LDM conditioning), selected by validation L2. {selected}"
+        ),
+        data: "see the config below".into(),
+        steps: step,
+        seconds,
+        metrics: metrics
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    *v,
+                    "validation stories, every target frame".to_string(),
+                )
+            })
+            .collect(),
+        config_toml: config_toml.to_string(),
+        command: "storygpt train-llm --config CONFIG --out RUN".into(),
+    }
+}
+
+/// Writes a head folder (see `storygpt_models::story_head`).
 fn export_head<B: Backend>(
     dir: &Path,
     head: &StoryHead<B>,
     cfg: &StoryHeadConfig,
-    tokenizer: &LlmTokenizer,
-    config_toml: &str,
-    metrics: &Metrics,
+    card: &super::export::ModelCard,
 ) -> Result<()> {
-    let _ = tokenizer;
-    let card = super::export::ModelCard {
-        title: "StoryGPT-V stage-2 head".into(),
-        description: "What stage 2 trains on top of a frozen LLM: the visual projection (CLIP \
-                      pooler_output → 4 LLM tokens), the [IMG] input embeddings and the GILL mapper \
-                      ([IMG] hidden states → Char-LDM conditioning), selected by validation L2."
-            .into(),
-        data: "see the config below".into(),
-        steps: 0,
-        seconds: 0.0,
-        metrics: metrics
-            .iter()
-            .map(|(k, v)| (k.clone(), *v, "validation stories, every target frame".to_string()))
-            .collect(),
-        config_toml: config_toml.to_string(),
-        command: "storygpt train-llm --config CONFIG --out RUN".into(),
-    };
     let json = serde_json::to_value(cfg)
         .map_err(|e| Error::InvalidInput(format!("stage-2 head config: {e}")))?;
     super::export::write_model_folder(
@@ -858,6 +903,6 @@ fn export_head<B: Backend>(
         &json,
         super::export::Weights::new("model.safetensors", head, StoryHead::<B>::EXPORT_RENAMES),
         &[],
-        &card,
+        card,
     )
 }
