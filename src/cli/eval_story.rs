@@ -32,9 +32,12 @@ pub struct EvalStoryArgs {
     /// Background judge folder.
     #[arg(long, default_value = "models/storyworld/judge-bg")]
     pub bg_judge: PathBuf,
-    /// DDIM steps (default: the model's).
+    /// Denoising steps (default: the model's).
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Sampler (default: the model's).
+    #[arg(long, value_enum)]
+    pub scheduler: Option<crate::train::char_ldm::Sampler>,
 }
 
 /// `storygpt eval-story`.
@@ -42,6 +45,9 @@ pub fn run<B: Backend + 'static>(a: &EvalStoryArgs, device: &B::Device) -> Resul
     let (pipe, mut opts) = StoryPipeline::<B>::from_dir(&a.model, device)?;
     if let Some(s) = a.steps {
         opts.sample.steps = s;
+    }
+    if let Some(k) = a.scheduler {
+        opts.sample.scheduler = k;
     }
     let dataset: Arc<dyn storygpt_data::StoryDataset> =
         Arc::from(storygpt_data::open_dataset(&a.data)?);

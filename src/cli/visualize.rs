@@ -29,9 +29,12 @@ pub struct VisualizeArgs {
     /// Seed of frame 1 (frame k uses seed + k - 1).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// DDIM steps.
+    /// Denoising steps (default: the model folder's).
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Sampler (default: the model folder's).
+    #[arg(long, value_enum)]
+    pub scheduler: Option<crate::train::char_ldm::Sampler>,
     /// Classifier-free guidance scale.
     #[arg(long)]
     pub guidance: Option<f64>,
@@ -100,6 +103,9 @@ pub fn run<B: Backend>(a: &VisualizeArgs, device: &B::Device) -> Result<()> {
     }
     if let Some(s) = a.steps {
         opts.sample.steps = s;
+    }
+    if let Some(k) = a.scheduler {
+        opts.sample.scheduler = k;
     }
     if let Some(g) = a.guidance {
         opts.sample.guidance_scale = g;
