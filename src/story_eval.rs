@@ -25,7 +25,8 @@ use storygpt_models::clip::IMAGE_MARKER;
 use crate::pipeline::{StoryOptions, StoryPipeline};
 use crate::train::Metrics;
 use crate::train::char_ldm::{
-    Prompt, ValidationSet, frame_prompt, judge_frames, portraits, prompt_conditioning, sample_with,
+    Prompt, ValidationSet, frame_prompt, judge_frames, portraits, prompt_conditioning,
+    sample_with_seeds,
 };
 
 /// One row of the table.
@@ -149,34 +150,41 @@ pub fn evaluate_stories<B: Backend + 'static>(
         let drawn = pipe.visualize(&refs, &story_opts, &mut |_, _| {})?;
         seconds[0] += t0.elapsed().as_secs_f64();
         rows[0].extend(drawn.into_iter().map(|f| f.image));
-        for (k, id) in story.iter().enumerate() {
-            let seed = story_opts.seed + k as u64;
-            for (row, prompt) in [
-                (1, mark_names(&refs[k], dataset.as_ref(), &cast)),
-                (2, frame_prompt(dataset.as_ref(), id, &cast)?),
-            ] {
-                let t0 = Instant::now();
-                let (null, plain, fused) = prompt_conditioning(
-                    &ldm.model,
-                    &ldm.frozen,
-                    std::slice::from_ref(&prompt),
-                    prompt.portraits.len().max(1),
-                    ldm.crop_size,
-                    device,
-                )?;
-                let cond = Conditioning::delayed(null, plain, fused, opts.sample.start_merge_step);
-                let img = sample_with(
-                    &ldm.model,
-                    &ldm.frozen,
-                    &cond,
-                    &opts.sample,
-                    shape,
-                    seed,
-                    device,
-                )?;
-                rows[row].extend(img);
-                seconds[row] += t0.elapsed().as_secs_f64();
-            }
+        // Char-LDM alone: the story's frames in one batch per row, each from its own seed.
+        let seeds: Vec<u64> = (0..story.len())
+            .map(|k| story_opts.seed + k as u64)
+            .collect();
+        let named = story
+            .iter()
+            .map(|id| frame_prompt(dataset.as_ref(), id, &cast))
+            .collect::<Result<Vec<_>>>()?;
+        let pronoun: Vec<Prompt> = refs
+            .iter()
+            .map(|r| mark_names(r, dataset.as_ref(), &cast))
+            .collect();
+        for (row, prompts) in [(1, pronoun), (2, named)] {
+            let t0 = Instant::now();
+            let max_objects = prompts.iter().map(|p| p.portraits.len()).max().unwrap_or(0);
+            let (null, plain, fused) = prompt_conditioning(
+                &ldm.model,
+                &ldm.frozen,
+                &prompts,
+                max_objects.max(1),
+                ldm.crop_size,
+                device,
+            )?;
+            let cond = Conditioning::delayed(null, plain, fused, opts.sample.start_merge_step);
+            let imgs = sample_with_seeds(
+                &ldm.model,
+                &ldm.frozen,
+                &cond,
+                &opts.sample,
+                [shape[1], shape[2], shape[3]],
+                &seeds,
+                device,
+            )?;
+            rows[row].extend(imgs);
+            seconds[row] += t0.elapsed().as_secs_f64();
         }
         ids.extend(story.iter().cloned());
         captions.extend(refs);

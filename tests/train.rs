@@ -581,4 +581,62 @@ fn story_pipeline_on_tiny_models(ldm: &Path, head: &Path, tmp: &Path) {
     // with a history window the same long story fits
     opts.history_window = Some(2);
     pipe.check_story(&many, &opts).unwrap();
+
+    // Char-LDM frames drawn as one batch, each from its own seed, are the frames drawn alone
+    use storygpt::train::char_ldm::{
+        Prompt, Sampler, prompt_conditioning, sample_with, sample_with_seeds,
+    };
+    let ldm = &pipe.ldm;
+    use storygpt::core::traits::Autoencoder;
+    let side = ldm.resolution as usize / Autoencoder::downsample_factor(&ldm.frozen.vae);
+    let ch = Autoencoder::latent_channels(&ldm.frozen.vae);
+    let prompts: Vec<Prompt> = ["Fred is in the park.", "Wilma is at the beach."]
+        .iter()
+        .map(|c| Prompt {
+            marked_caption: c.to_string(),
+            caption: c.to_string(),
+            portraits: Vec::new(),
+        })
+        .collect();
+    for scheduler in [Sampler::Ddim, Sampler::DpmSolverMultistep] {
+        opts.sample.scheduler = scheduler;
+        let cond = |p: &[Prompt]| {
+            let (null, plain, fused) =
+                prompt_conditioning(&ldm.model, &ldm.frozen, p, 1, ldm.crop_size, &dev).unwrap();
+            storygpt::core::pipeline::Conditioning::delayed(null, plain, fused, 0)
+        };
+        let batch = sample_with_seeds(
+            &ldm.model,
+            &ldm.frozen,
+            &cond(&prompts),
+            &opts.sample,
+            [ch, side, side],
+            &[7, 9],
+            &dev,
+        )
+        .unwrap();
+        for (i, seed) in [7u64, 9].into_iter().enumerate() {
+            let alone = sample_with(
+                &ldm.model,
+                &ldm.frozen,
+                &cond(&prompts[i..i + 1]),
+                &opts.sample,
+                [1, ch, side, side],
+                seed,
+                &dev,
+            )
+            .unwrap();
+            let worst = batch[i]
+                .as_raw()
+                .iter()
+                .zip(alone[0].as_raw())
+                .map(|(a, b)| a.abs_diff(*b))
+                .max()
+                .unwrap();
+            assert!(
+                worst <= 2,
+                "{scheduler:?} frame {i}: batched vs alone differ by {worst}/255"
+            );
+        }
+    }
 }

@@ -543,9 +543,62 @@ pub fn sample_with<B: Backend>(
     seed: u64,
     device: &Device<B>,
 ) -> Result<Vec<RgbImage>> {
-    let mut sched = cfg.scheduler.build::<B>()?;
+    let sched = cfg.scheduler.build::<B>()?;
     let mut noise = SeededNoise::new(seed);
     let latents = initial_latents::<B>(sched.as_ref(), shape, None, &mut noise, device)?;
+    denoise_to_images(model, frozen, cond, cfg, sched, latents, noise)
+}
+
+/// Samples a batch whose item `i` starts from the noise of `seeds[i]`: each frame is the one
+/// [`sample_with`] draws alone with that seed (up to float rounding), at batch speed. For the
+/// deterministic samplers only (DDIM with η = 0 and DPM-Solver++ draw no noise after the start).
+pub fn sample_with_seeds<B: Backend>(
+    model: &CharLdm<B>,
+    frozen: &Frozen<B>,
+    cond: &Conditioning<B>,
+    cfg: &SampleConfig,
+    item: [usize; 3],
+    seeds: &[u64],
+    device: &Device<B>,
+) -> Result<Vec<RgbImage>> {
+    let sched = cfg.scheduler.build::<B>()?;
+    let starts = seeds
+        .iter()
+        .map(|&seed| {
+            let mut noise = SeededNoise::new(seed);
+            initial_latents::<B>(
+                sched.as_ref(),
+                [1, item[0], item[1], item[2]],
+                None,
+                &mut noise,
+                device,
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if starts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let noise = SeededNoise::new(seeds[0]);
+    denoise_to_images(
+        model,
+        frozen,
+        cond,
+        cfg,
+        sched,
+        Tensor::cat(starts, 0),
+        noise,
+    )
+}
+
+fn denoise_to_images<B: Backend>(
+    model: &CharLdm<B>,
+    frozen: &Frozen<B>,
+    cond: &Conditioning<B>,
+    cfg: &SampleConfig,
+    mut sched: Box<dyn NoiseScheduler<B>>,
+    latents: Tensor<B, 4>,
+    mut noise: SeededNoise,
+) -> Result<Vec<RgbImage>> {
     let latents = denoise(
         &model.unet,
         sched.as_mut(),
