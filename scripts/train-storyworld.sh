@@ -107,7 +107,9 @@ cfg = json.load(open(f"{out}/stage2/config.json"))
 cfg.update({"llm": "../lm", "visual_encoder": "../clip", "ldm": "../ldm"})
 json.dump(cfg, open(f"{out}/stage2/config.json", "w"), indent=2)
 json.dump({"ldm": "ldm", "head": "stage2",
-           "options": {"sample": {"steps": 25, "guidance_scale": 4.0, "start_merge_step": 0},
+           # DPM-Solver++ 2M in 12 steps draws what DDIM draws in 25 (docs/stage2.md), in half the time
+           "options": {"sample": {"steps": 12, "scheduler": "dpm_solver_multistep",
+                                  "guidance_scale": 4.0, "start_merge_step": 0},
                        "first_frame": "llm", "history_window": 3, "seed": 0}},
           open(f"{out}/model_index.json", "w"), indent=2)
 PY
