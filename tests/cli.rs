@@ -312,3 +312,48 @@ fn eval_train_classifier_and_run() {
         "{stderr}"
     );
 }
+
+/// The README's main command on the embedded story-world model (fewer sampler steps, to stay
+/// cheap): one frame per sentence, the storyboard and `story.json`, with the pronoun flags.
+#[test]
+fn readme_main_command_draws_the_story_with_the_embedded_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("story");
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/models/storyworld");
+    let (ok, stdout, stderr) = storygpt(&[
+        "visualize",
+        "--model",
+        model,
+        "--story",
+        "Fred walks into the kitchen. He waves at Wilma. She laughs.",
+        "--steps",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    for f in [
+        "frame-01.png",
+        "frame-02.png",
+        "frame-03.png",
+        "storyboard.png",
+        "story.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let frame = image::open(out.join("frame-01.png")).unwrap();
+    assert_eq!((frame.width(), frame.height()), (64, 64));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("story.json")).unwrap()).unwrap();
+    let frames = json["frames"].as_array().unwrap();
+    assert_eq!(frames.len(), 3);
+    let pronoun: Vec<bool> = frames
+        .iter()
+        .map(|f| f["pronoun"].as_bool().unwrap())
+        .collect();
+    assert_eq!(pronoun, vec![false, true, true]);
+    assert_eq!(
+        json["options"]["sample"]["scheduler"],
+        "dpm_solver_multistep"
+    );
+}
