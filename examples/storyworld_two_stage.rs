@@ -15,7 +15,8 @@
 //!
 //! The sizes here are a demonstration, not the embedded model: that one comes from
 //! `scripts/train-storyworld.sh` with `configs/storyworld/*.toml`. `--smoke` trains each stage
-//! for a few steps (what CI runs, through the test at the bottom of this file).
+//! for a few steps; the test at the bottom of this file runs that size in `cargo test`
+//! (it is compiled into the integration test binary, see `tests/main.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

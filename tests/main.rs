@@ -30,3 +30,11 @@ mod txt2img_parity;
 mod unet_parity;
 mod vae_parity;
 mod world_classifier;
+
+/// `examples/storyworld_two_stage.rs`, whose smoke test (every stage for a few steps, then the
+/// story and the table) runs here: in this binary it shares the compiled models and training
+/// loops with the other tests, where as a test target of its own it compiled all of them again
+/// for each backend (about 100 s of CPU per backend in CI). Its `main` is unused here.
+#[allow(dead_code)]
+#[path = "../examples/storyworld_two_stage.rs"]
+mod storyworld_two_stage;

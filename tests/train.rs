@@ -490,7 +490,8 @@ fn every_stage_trains_on_tiny_configs_and_its_loss_goes_down() {
 fn story_pipeline_on_tiny_models(ldm: &Path, head: &Path, tmp: &Path) {
     use storygpt::pipeline::{FirstFrame, StoryOptions, StoryPipeline};
     let dev = default_device();
-    let pipe = StoryPipeline::<TB>::new(ldm, head, &dev).unwrap();
+    let ldm_dir = ldm.to_path_buf();
+    let mut pipe = StoryPipeline::<TB>::new(ldm, head, &dev).unwrap();
     let story: Vec<String> = [
         "Fred is in the park.",
         "He waves at Wilma.",
@@ -639,4 +640,89 @@ fn story_pipeline_on_tiny_models(ldm: &Path, head: &Path, tmp: &Path) {
             );
         }
     }
+
+    // The noise schedule comes from the folder's scheduler/scheduler_config.json: the exported
+    // one (SD 1.x's betas) draws exactly what the built-in SD 1.x schedule draws, another one
+    // draws something else, and a broken one is an error, not a silent default.
+    let sched_dir = ldm_dir.join("scheduler");
+    assert_eq!(
+        pipe.ldm.frozen.scheduler_dir.as_deref(),
+        Some(sched_dir.as_path())
+    );
+    let prompt = &prompts[..1];
+    let (null, plain, fused) = prompt_conditioning(
+        &pipe.ldm.model,
+        &pipe.ldm.frozen,
+        prompt,
+        1,
+        pipe.ldm.crop_size,
+        &dev,
+    )
+    .unwrap();
+    let cond = storygpt::core::pipeline::Conditioning::delayed(null, plain, fused, 0);
+    let draw = |ldm: &storygpt::train::char_ldm::CharLdmFolder<TB>, sampler| {
+        let cfg = storygpt::train::char_ldm::SampleConfig {
+            scheduler: sampler,
+            ..opts.sample.clone()
+        };
+        sample_with(
+            &ldm.model,
+            &ldm.frozen,
+            &cond,
+            &cfg,
+            [1, ch, side, side],
+            3,
+            &dev,
+        )
+    };
+    let other = tmp.join("scheduler-linear");
+    std::fs::create_dir_all(&other).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(sched_dir.join("scheduler_config.json")).unwrap(),
+    )
+    .unwrap();
+    json["beta_schedule"] = "linear".into();
+    json["beta_end"] = 0.02.into();
+    std::fs::write(other.join("scheduler_config.json"), json.to_string()).unwrap();
+    for sampler in [Sampler::Ddim, Sampler::DpmSolverMultistep] {
+        let from_folder = draw(&pipe.ldm, sampler).unwrap();
+        pipe.ldm.frozen.scheduler_dir = None;
+        let built_in = draw(&pipe.ldm, sampler).unwrap();
+        assert_eq!(
+            from_folder[0].as_raw(),
+            built_in[0].as_raw(),
+            "{sampler:?}: the exported SD 1.x scheduler config draws another frame"
+        );
+        pipe.ldm.frozen.scheduler_dir = Some(other.clone());
+        let linear = draw(&pipe.ldm, sampler).unwrap();
+        assert_ne!(
+            linear[0].as_raw(),
+            built_in[0].as_raw(),
+            "{sampler:?}: another noise schedule in the folder changed nothing"
+        );
+        pipe.ldm.frozen.scheduler_dir = Some(sched_dir.clone());
+    }
+    json["beta_schedule"] = "cubic".into();
+    std::fs::write(other.join("scheduler_config.json"), json.to_string()).unwrap();
+    pipe.ldm.frozen.scheduler_dir = Some(other.clone());
+    assert!(
+        draw(&pipe.ldm, Sampler::Ddim).is_err(),
+        "an unknown beta_schedule must be an error"
+    );
+
+    // a model_index.json whose sampling options do not parse is an error naming them
+    let index_path = ldm_dir.join("model_index.json");
+    let index = std::fs::read_to_string(&index_path).unwrap();
+    let mut bad: serde_json::Value = serde_json::from_str(&index).unwrap();
+    bad["sample"]["steps"] = "many".into();
+    std::fs::write(&index_path, bad.to_string()).unwrap();
+    let e = storygpt::train::char_ldm::load_char_ldm::<TB>(&ldm_dir, &dev)
+        .err()
+        .expect("a bad `sample` entry must not load")
+        .to_string();
+    std::fs::write(&index_path, index).unwrap();
+    assert!(
+        e.contains("sample") && e.contains("model_index.json"),
+        "{e}"
+    );
 }

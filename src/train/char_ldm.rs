@@ -50,11 +50,11 @@ use storygpt_models::clip::{
     ClipTextModel, ClipTokenizer, ClipVisionModelWithProjection, IMAGE_MARKER,
 };
 use storygpt_models::fuse::FuseModule;
-use storygpt_models::schedulers::SchedulerBaseConfig;
 use storygpt_models::schedulers::ddim::{DdimScheduler, DdimSchedulerConfig};
 use storygpt_models::schedulers::dpm_solver_multistep::{
     DpmSolverMultistepScheduler, DpmSolverMultistepSchedulerConfig,
 };
+use storygpt_models::schedulers::{SchedulerBaseConfig, SchedulerKind, load_scheduler_as};
 use storygpt_models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 
 use super::clip::{CLIP_MEAN, CLIP_STD};
@@ -118,6 +118,10 @@ pub struct Frozen<B: Backend> {
     pub tokenizer: ClipTokenizer,
     /// VAE scaling factor.
     pub scaling_factor: f64,
+    /// A diffusers `scheduler/` folder whose `scheduler_config.json` sets the sampling noise
+    /// schedule (betas, prediction type, steps offset), whichever [`Sampler`] draws; `None`:
+    /// SD 1.x's, the one Char-LDM trains on. [`load_char_ldm`] points it at the folder's.
+    pub scheduler_dir: Option<PathBuf>,
 }
 
 impl<B: Backend> Frozen<B> {
@@ -132,6 +136,7 @@ impl<B: Backend> Frozen<B> {
             vae,
             tokenizer,
             scaling_factor,
+            scheduler_dir: None,
         })
     }
 
@@ -395,7 +400,8 @@ impl Default for SampleConfig {
     }
 }
 
-/// The samplers Char-LDM draws with, both on SD 1.x's noise schedule (the one it is trained on).
+/// The samplers Char-LDM draws with, on SD 1.x's noise schedule (the one it is trained on)
+/// unless a model folder's `scheduler/scheduler_config.json` gives another.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Sampler {
@@ -408,8 +414,19 @@ pub enum Sampler {
 }
 
 impl Sampler {
-    /// A fresh scheduler of this kind.
-    pub fn build<B: Backend>(self) -> Result<Box<dyn NoiseScheduler<B>>> {
+    /// A fresh scheduler of this kind on the noise schedule of `dir/scheduler_config.json`
+    /// (the keys this kind does not know are ignored, as in diffusers' `from_config` swap), or on
+    /// SD 1.x's when `dir` is `None`.
+    ///
+    /// Errors: an unreadable or invalid `scheduler_config.json`.
+    pub fn build<B: Backend>(self, dir: Option<&Path>) -> Result<Box<dyn NoiseScheduler<B>>> {
+        if let Some(dir) = dir {
+            let kind = match self {
+                Self::Ddim => SchedulerKind::Ddim,
+                Self::DpmSolverMultistep => SchedulerKind::DpmSolverMultistep,
+            };
+            return load_scheduler_as(kind, dir);
+        }
         let common = SchedulerBaseConfig {
             steps_offset: 1,
             ..SchedulerBaseConfig::sd_v1()
@@ -543,7 +560,7 @@ pub fn sample_with<B: Backend>(
     seed: u64,
     device: &Device<B>,
 ) -> Result<Vec<RgbImage>> {
-    let sched = cfg.scheduler.build::<B>()?;
+    let sched = cfg.scheduler.build::<B>(frozen.scheduler_dir.as_deref())?;
     let mut noise = SeededNoise::new(seed);
     let latents = initial_latents::<B>(sched.as_ref(), shape, None, &mut noise, device)?;
     denoise_to_images(model, frozen, cond, cfg, sched, latents, noise)
@@ -561,7 +578,7 @@ pub fn sample_with_seeds<B: Backend>(
     seeds: &[u64],
     device: &Device<B>,
 ) -> Result<Vec<RgbImage>> {
-    let sched = cfg.scheduler.build::<B>()?;
+    let sched = cfg.scheduler.build::<B>(frozen.scheduler_dir.as_deref())?;
     let starts = seeds
         .iter()
         .map(|&seed| {
@@ -1569,7 +1586,21 @@ pub fn load_char_ldm<B: Backend>(dir: &Path, device: &Device<B>) -> Result<CharL
         ClipVisionModelWithProjection::from_pretrained(dir.join("image_encoder"), device)?;
     let crop_size = storygpt_models::clip::ClipVisionConfig::from_dir(dir.join("image_encoder"))?
         .image_size as u32;
-    let sample: SampleConfig = serde_json::from_value(index["sample"].clone()).unwrap_or_default();
+    let sample: SampleConfig = match index.get("sample") {
+        None | Some(serde_json::Value::Null) => SampleConfig::default(),
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| Error::InvalidConfig {
+            path: Some(dir.join("model_index.json")),
+            message: format!("`sample`: {e}"),
+        })?,
+    };
+    let mut frozen = frozen;
+    let scheduler_dir = component("scheduler");
+    if scheduler_dir
+        .join(storygpt_models::schedulers::CONFIG_FILE)
+        .is_file()
+    {
+        frozen.scheduler_dir = Some(scheduler_dir);
+    }
     Ok(CharLdmFolder {
         model: CharLdm {
             unet: UNet2DConditionModel::from_pretrained(dir.join("unet"), device)?,
