@@ -432,7 +432,6 @@ impl<B: Backend> StoryPipeline<B> {
                 &self.ldm.model,
                 &self.ldm.frozen,
                 std::slice::from_ref(&plain),
-                1,
                 self.ldm.crop_size,
                 &self.device,
             )?;

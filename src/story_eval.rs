@@ -164,15 +164,8 @@ pub fn evaluate_stories<B: Backend + 'static>(
             .collect();
         for (row, prompts) in [(1, pronoun), (2, named)] {
             let t0 = Instant::now();
-            let max_objects = prompts.iter().map(|p| p.portraits.len()).max().unwrap_or(0);
-            let (null, plain, fused) = prompt_conditioning(
-                &ldm.model,
-                &ldm.frozen,
-                &prompts,
-                max_objects.max(1),
-                ldm.crop_size,
-                device,
-            )?;
+            let (null, plain, fused) =
+                prompt_conditioning(&ldm.model, &ldm.frozen, &prompts, ldm.crop_size, device)?;
             let cond = Conditioning::delayed(null, plain, fused, opts.sample.start_merge_step);
             let imgs = sample_with_seeds(
                 &ldm.model,

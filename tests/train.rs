@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use burn::backend::Autodiff;
+use burn::tensor::ElementConversion;
 use storygpt::backend::default_device;
 use storygpt::data::world::{self, WorldConfig};
 use storygpt::train::RunOptions;
@@ -603,7 +604,7 @@ fn story_pipeline_on_tiny_models(ldm: &Path, head: &Path, tmp: &Path) {
         opts.sample.scheduler = scheduler;
         let cond = |p: &[Prompt]| {
             let (null, plain, fused) =
-                prompt_conditioning(&ldm.model, &ldm.frozen, p, 1, ldm.crop_size, &dev).unwrap();
+                prompt_conditioning(&ldm.model, &ldm.frozen, p, ldm.crop_size, &dev).unwrap();
             storygpt::core::pipeline::Conditioning::delayed(null, plain, fused, 0)
         };
         let batch = sample_with_seeds(
@@ -654,7 +655,6 @@ fn story_pipeline_on_tiny_models(ldm: &Path, head: &Path, tmp: &Path) {
         &pipe.ldm.model,
         &pipe.ldm.frozen,
         prompt,
-        1,
         pipe.ldm.crop_size,
         &dev,
     )
@@ -709,6 +709,39 @@ fn story_pipeline_on_tiny_models(ldm: &Path, head: &Path, tmp: &Path) {
         draw(&pipe.ldm, Sampler::Ddim).is_err(),
         "an unknown beta_schedule must be an error"
     );
+
+    // every marked name that has a portrait is fused, the fifth as well as the first
+    let portrait = image::RgbImage::from_pixel(8, 8, image::Rgb([200, 30, 30]));
+    let names = ["Fred", "Wilma", "Barney", "Betty", "Pebbles"];
+    let five = Prompt {
+        marked_caption: format!(
+            "{} play in the park.",
+            names.map(|n| format!("{n} <|image|>")).join(" ")
+        ),
+        caption: format!("{} play in the park.", names.join(" ")),
+        portraits: vec![portrait.clone(); 5],
+    };
+    let four = Prompt {
+        portraits: vec![portrait; 4],
+        ..five.clone()
+    };
+    let fused_of = |p: &Prompt| {
+        let (_, _, fused) = prompt_conditioning(
+            &pipe.ldm.model,
+            &pipe.ldm.frozen,
+            std::slice::from_ref(p),
+            pipe.ldm.crop_size,
+            &dev,
+        )
+        .unwrap();
+        fused
+    };
+    let gap: f32 = (fused_of(&five) - fused_of(&four))
+        .abs()
+        .max()
+        .into_scalar()
+        .elem();
+    assert!(gap > 1e-4, "the fifth portrait changed nothing ({gap})");
 
     // a model_index.json whose sampling options do not parse is an error naming them
     let index_path = ldm_dir.join("model_index.json");

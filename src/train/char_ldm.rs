@@ -474,12 +474,12 @@ pub fn portrait_pixels(img: &RgbImage, size: u32) -> Vec<f32> {
     out
 }
 
-/// The conditionings of prompts: `(uncond, text-only, fused)`, each `[n, l, d]`.
+/// The conditionings of prompts: `(uncond, text-only, fused)`, each `[n, l, d]`. Every marked
+/// name that has a portrait is fused, however many there are in a caption.
 pub fn prompt_conditioning<B: Backend>(
     model: &CharLdm<B>,
     frozen: &Frozen<B>,
     prompts: &[Prompt],
-    max_objects: usize,
     crop_size: u32,
     device: &Device<B>,
 ) -> Result<(Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>)> {
@@ -499,6 +499,15 @@ pub fn prompt_conditioning<B: Backend>(
         device,
     )?;
     let (null_ids, _) = frozen.tokenize(&vec![String::new(); n], device)?;
+    // object slots per caption: the most (marked name, portrait) pairs in any of them; padding
+    // slots are masked out of the fusion
+    let max_objects = prompts
+        .iter()
+        .zip(&marks)
+        .map(|(p, m)| p.portraits.len().min(m.len()))
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let s = crop_size as usize;
     let mut idx = vec![0i64; n * max_objects];
     let mut valid = vec![false; n * max_objects];
@@ -537,7 +546,7 @@ pub fn sample<B: Backend>(
     seed: u64,
     device: &Device<B>,
 ) -> Result<Vec<RgbImage>> {
-    let (null, plain, fused) = prompt_conditioning(model, frozen, prompts, 4, crop_size, device)?;
+    let (null, plain, fused) = prompt_conditioning(model, frozen, prompts, crop_size, device)?;
     let cond = Conditioning::delayed(null, plain, fused, cfg.start_merge_step);
     sample_with(
         model,
@@ -1568,7 +1577,7 @@ pub fn load_char_ldm<B: Backend>(dir: &Path, device: &Device<B>) -> Result<CharL
             dir.join(p)
         }
     };
-    let frozen = Frozen::load(&component("text_encoder"), &component("vae"), device)?;
+    let mut frozen = Frozen::load(&component("text_encoder"), &component("vae"), device)?;
     let fuse_cfg: serde_json::Value =
         storygpt_core::config::read_json(dir.join("postfuse_module/config.json"))?;
     let d = fuse_cfg["embed_dim"]
@@ -1593,7 +1602,6 @@ pub fn load_char_ldm<B: Backend>(dir: &Path, device: &Device<B>) -> Result<CharL
             message: format!("`sample`: {e}"),
         })?,
     };
-    let mut frozen = frozen;
     let scheduler_dir = component("scheduler");
     if scheduler_dir
         .join(storygpt_models::schedulers::CONFIG_FILE)

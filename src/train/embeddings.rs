@@ -181,15 +181,8 @@ pub fn prepare_embeddings<B: Backend>(
                 .iter()
                 .map(|id| frame_prompt(dataset, id, &portraits))
                 .collect::<Result<Vec<_>>>()?;
-            let max_objects = prompts.iter().map(|p| p.portraits.len()).max().unwrap_or(0);
-            let (_, _, fused) = prompt_conditioning(
-                &ldm.model,
-                &ldm.frozen,
-                &prompts,
-                max_objects.max(1),
-                ldm.crop_size,
-                device,
-            )?;
+            let (_, _, fused) =
+                prompt_conditioning(&ldm.model, &ldm.frozen, &prompts, ldm.crop_size, device)?;
             rows.extend(tensor_values(fused)?);
             bar.inc(batch.len() as u64);
         }

@@ -126,8 +126,17 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> RunOutcome<B, M> {
     }
 }
 
+/// Whether two run configs say the same thing: equal as parsed TOML, so comments, spacing and key
+/// order do not block a resume (texts that do not parse must be equal as text).
+fn same_config(a: &str, b: &str) -> bool {
+    match (a.parse::<toml::Table>(), b.parse::<toml::Table>()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
 /// Runs (or resumes) a stage (see the module docs). `config_toml` is the whole run config,
-/// checkpointed so a resume under another config is refused.
+/// checkpointed so a resume under another config is refused (comments and layout may differ).
 pub fn run<B, S>(
     stage: &mut S,
     model: S::Model,
@@ -159,7 +168,7 @@ where
     match (checkpoint::latest(run_dir)?, opts.resume) {
         (Some(ckpt), true) => {
             let saved = checkpoint::read_state(&ckpt)?;
-            if saved.config != config_toml {
+            if !same_config(&saved.config, config_toml) {
                 return Err(Error::InvalidInput(format!(
                     "{} was written under another config; resume with the same config or train into a new folder",
                     ckpt.display()
@@ -345,4 +354,21 @@ where
         finished,
         _b: std::marker::PhantomData,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_config;
+
+    #[test]
+    fn a_resume_config_may_differ_in_comments_and_layout_but_not_in_values() {
+        let saved = "[train]\nsteps = 8000\nlr = 1e-3\n[model]\nwidth = 128\n";
+        let commented = "# a note added later\n[model]\nwidth = 128 # same\n\n[train]\nlr = 0.001\nsteps = 8000\n";
+        assert!(same_config(saved, commented));
+        assert!(!same_config(saved, &saved.replace("8000", "9000")));
+        assert!(!same_config(saved, "[train]\nsteps = 8000\nlr = 1e-3\n"));
+        // text that is not TOML must match exactly
+        assert!(same_config("not = [toml", "not = [toml"));
+        assert!(!same_config("not = [toml", "not = [toml "));
+    }
 }
