@@ -14,7 +14,11 @@
 //!
 //! All randomness is drawn on the host from one ChaCha8 stream seeded by `train.seed`, whose
 //! position is checkpointed, so a resumed run computes exactly what the uninterrupted run
-//! would have (tested bit for bit on flex).
+//! would have (tested bit for bit on flex). The initial weights come from the backend's RNG,
+//! seeded with `train.seed` right before the model is built. burn keeps that RNG
+//! process-global, so anything else drawing random numbers in the same process at that moment
+//! (another thread building a model or starting a run) changes them: for a reproducible run,
+//! train one stage per process, as the `storygpt train-*` commands do.
 //!
 //! burn-train's `Learner` is not used: the stages need per-step hooks it does not offer
 //! (Char-LDM's attention capture and mixed conditioning, stage 2's frozen-row gradient
