@@ -149,6 +149,15 @@ fn resumed_training_is_bit_identical_to_an_uninterrupted_run() {
     other.train.lr = 1e-3;
     let err = train_vae::<AD>(&other, &opts(&b, true, None), &dev).unwrap_err();
     assert!(err.to_string().contains("another config"), "{err}");
+    // A checkpoint written before a config field existed (here `keep_checkpoints`, whose
+    // default is what this config has) still resumes: the saved config is read as the current
+    // type, so the missing field takes its default.
+    let state_file = b.join("checkpoints/step-000003/state.json");
+    let mut state: serde_json::Value = serde_json::from_slice(&read(&state_file)).unwrap();
+    let saved = state["config"].as_str().unwrap().to_string();
+    assert!(saved.contains("keep_checkpoints = 2\n"), "{saved}");
+    state["config"] = saved.replace("keep_checkpoints = 2\n", "").into();
+    std::fs::write(&state_file, serde_json::to_vec(&state).unwrap()).unwrap();
     train_vae_child(&cfg_file, &b, &["--resume"]);
     assert!(b.join("checkpoints/step-000006").is_dir() && b.join("model").is_dir());
     // The same weights, EMA and loss history, byte for byte. (The .mpk records also carry

@@ -1336,7 +1336,7 @@ pub fn train_char_ldm<B: AutodiffBackend>(
         val,
         device: device.clone(),
     };
-    let out = super::run(&mut stage, model, &cfg.train, &config_toml, opts, device)?;
+    let out = super::run(&mut stage, model, &cfg.train, cfg, opts, device)?;
     let metrics = out
         .state
         .validations

@@ -497,7 +497,7 @@ pub fn train_clip<B: AutodiffBackend>(
         size,
         device: device.clone(),
     };
-    let out = super::run(&mut stage, model, &cfg.train, &config_toml, opts, device)?;
+    let out = super::run(&mut stage, model, &cfg.train, cfg, opts, device)?;
     let metrics = out
         .state
         .validations

@@ -299,7 +299,7 @@ pub fn train_lm<B: AutodiffBackend>(
         batch_size: cfg.train.batch_size,
         device: device.clone(),
     };
-    let out = super::run(&mut stage, model, &cfg.train, &config_toml, opts, device)?;
+    let out = super::run(&mut stage, model, &cfg.train, cfg, opts, device)?;
     let metrics = out
         .state
         .validations

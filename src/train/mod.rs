@@ -130,30 +130,44 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> RunOutcome<B, M> {
     }
 }
 
-/// Whether two run configs say the same thing: equal as parsed TOML, so comments, spacing and key
-/// order do not block a resume (texts that do not parse must be equal as text).
-fn same_config(a: &str, b: &str) -> bool {
-    match (a.parse::<toml::Table>(), b.parse::<toml::Table>()) {
+/// Whether a checkpoint's saved run config says what `config` says: the saved text read as
+/// the current config type (so a field added since, which the saved text lacks, takes its
+/// default, as it did when the checkpoint was written), else the two texts equal as parsed
+/// TOML (comments, spacing and key order aside), else equal as text.
+fn same_config<C: serde::de::DeserializeOwned + PartialEq>(
+    saved: &str,
+    config: &C,
+    config_toml: &str,
+) -> bool {
+    if toml::from_str::<C>(saved).is_ok_and(|s| &s == config) {
+        return true;
+    }
+    match (
+        saved.parse::<toml::Table>(),
+        config_toml.parse::<toml::Table>(),
+    ) {
         (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
+        _ => saved == config_toml,
     }
 }
 
-/// Runs (or resumes) a stage (see the module docs). `config_toml` is the whole run config,
-/// checkpointed so a resume under another config is refused (comments and layout may differ).
-pub fn run<B, S>(
+/// Runs (or resumes) a stage (see the module docs). `config` is the whole run config (`cfg`
+/// is its `[train]` table), checkpointed as TOML so a resume under another config is refused.
+pub fn run<B, S, C>(
     stage: &mut S,
     model: S::Model,
     cfg: &TrainConfig,
-    config_toml: &str,
+    config: &C,
     opts: &RunOptions,
     device: &B::Device,
 ) -> Result<RunOutcome<B, S::Model>>
 where
     B: AutodiffBackend,
     S: Stage<B>,
+    C: serde::Serialize + serde::de::DeserializeOwned + PartialEq,
 {
     cfg.validate()?;
+    let config_toml = &config::to_toml(config)?;
     let run_dir = &opts.run_dir;
     std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
     let mut model = model;
@@ -172,7 +186,7 @@ where
     match (checkpoint::latest(run_dir)?, opts.resume) {
         (Some(ckpt), true) => {
             let saved = checkpoint::read_state(&ckpt)?;
-            if !same_config(&saved.config, config_toml) {
+            if !same_config(&saved.config, config, config_toml) {
                 return Err(Error::InvalidInput(format!(
                     "{} was written under another config; resume with the same config or train into a new folder",
                     ckpt.display()
@@ -364,15 +378,42 @@ where
 mod tests {
     use super::same_config;
 
+    /// A run config; `width` is a field "added later", with a default.
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Cfg {
+        steps: usize,
+        lr: f64,
+        #[serde(default = "d_width")]
+        width: usize,
+    }
+    fn d_width() -> usize {
+        128
+    }
+
+    fn cfg(steps: usize, width: usize) -> (Cfg, String) {
+        let c = Cfg {
+            steps,
+            lr: 1e-3,
+            width,
+        };
+        let t = toml::to_string(&c).unwrap();
+        (c, t)
+    }
+
     #[test]
     fn a_resume_config_may_differ_in_comments_and_layout_but_not_in_values() {
-        let saved = "[train]\nsteps = 8000\nlr = 1e-3\n[model]\nwidth = 128\n";
-        let commented = "# a note added later\n[model]\nwidth = 128 # same\n\n[train]\nlr = 0.001\nsteps = 8000\n";
-        assert!(same_config(saved, commented));
-        assert!(!same_config(saved, &saved.replace("8000", "9000")));
-        assert!(!same_config(saved, "[train]\nsteps = 8000\nlr = 1e-3\n"));
-        // text that is not TOML must match exactly
-        assert!(same_config("not = [toml", "not = [toml"));
-        assert!(!same_config("not = [toml", "not = [toml "));
+        let (c, t) = cfg(8000, 128);
+        let commented = "# a note added later\nwidth = 128 # same\n\nlr = 0.001\nsteps = 8000\n";
+        assert!(same_config(commented, &c, &t));
+        assert!(same_config(&t, &c, &t));
+        let (c9, t9) = cfg(9000, 128);
+        assert!(!same_config(&t, &c9, &t9));
+        // a checkpoint written before `width` existed: it had the default, so it resumes
+        assert!(same_config("steps = 8000\nlr = 1e-3\n", &c, &t));
+        // ... but not under a config that changes it
+        let (c64, t64) = cfg(8000, 64);
+        assert!(!same_config("steps = 8000\nlr = 1e-3\n", &c64, &t64));
+        // a saved text that is not TOML never matches a config
+        assert!(!same_config("not = [toml", &c, &t));
     }
 }

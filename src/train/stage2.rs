@@ -801,7 +801,7 @@ pub fn train_stage2<B: AutodiffBackend>(
         export,
         device: device.clone(),
     };
-    let out = super::run(&mut stage, model, &cfg.train, &config_toml, opts, device)?;
+    let out = super::run(&mut stage, model, &cfg.train, cfg, opts, device)?;
     let metrics = out
         .state
         .validations

@@ -266,7 +266,7 @@ pub fn train_vae<B: AutodiffBackend>(
         cfg.loss.clone(),
         device,
     );
-    let out = super::run(&mut stage, model, &cfg.train, &config_toml, opts, device)?;
+    let out = super::run(&mut stage, model, &cfg.train, cfg, opts, device)?;
     if !out.finished {
         return Ok(VaeReport {
             steps: out.state.step,
