@@ -259,7 +259,7 @@ where
         model = optim.step(lr, model, grads);
         model = stage.after_step(model);
         if let Some(e) = ema.as_mut() {
-            e.update(&model.valid(), step);
+            e.update(&model, step);
         }
         state.step += 1;
         let loss = loss_sum / cfg.grad_accumulation as f64;

@@ -148,7 +148,9 @@ pub fn accumulate_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
     });
 }
 
-/// An exponential moving average of a module's float parameters, kept on the inner backend.
+/// An exponential moving average of a module's trained float parameters, kept on the inner
+/// backend. Frozen parameters (no gradient) keep their values bit for bit: blending an unchanged
+/// value with itself would round it.
 #[derive(Debug, Clone)]
 pub struct Ema<M> {
     /// The averaged module.
@@ -162,8 +164,11 @@ struct Collect<B: Backend> {
     _b: std::marker::PhantomData<B>,
 }
 
-impl<B: Backend> ModuleVisitor<B> for Collect<B> {
+impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if !param.val().is_require_grad() {
+            return;
+        }
         let v = param
             .val()
             .into_data()
@@ -200,10 +205,14 @@ impl<M> Ema<M> {
         Self { module, decay }
     }
 
-    /// `ema ← d·ema + (1 − d)·θ` with `d = min(decay, (1 + step) / (10 + step))`.
-    pub fn update<B: Backend>(&mut self, current: &M, step: usize)
-    where
-        M: Module<B> + Clone,
+    /// `ema ← d·ema + (1 − d)·θ` with `d = min(decay, (1 + step) / (10 + step))`, for every
+    /// parameter of the autodiff module `current` that requires a gradient.
+    pub fn update<B: AutodiffBackend, AM: AutodiffModule<B, InnerModule = M>>(
+        &mut self,
+        current: &AM,
+        step: usize,
+    ) where
+        M: Module<B::InnerBackend> + Clone,
     {
         let d = self.decay.min((1.0 + step as f64) / (10.0 + step as f64)) as f32;
         let mut c = Collect::<B> {
@@ -211,7 +220,7 @@ impl<M> Ema<M> {
             _b: std::marker::PhantomData,
         };
         current.visit(&mut c);
-        let mut blend = Blend::<B> {
+        let mut blend = Blend::<B::InnerBackend> {
             values: c.values,
             decay: d,
             _b: std::marker::PhantomData,
