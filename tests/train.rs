@@ -395,6 +395,50 @@ fn every_stage_trains_on_tiny_configs_and_its_loss_goes_down() {
     assert_eq!(losses.lines().count(), 5, "{losses}");
     assert!(fl_run.join("model/model_index.json").is_file());
 
+    // a finished run continued from its folder under another schedule, UNet only: it starts
+    // where that run ended, its FuseModule and image encoder come out bit for bit the same
+    // (the EMA leaves frozen weights alone), its UNet does not
+    let cont_run = tmp.path().join("ldm_cont");
+    let mut ccfg = cfg.clone();
+    ccfg.components.init_from = Some(ldm_run.join("model"));
+    ccfg.loss.train_postfuse_module = false;
+    ccfg.loss.image_encoder_trainable_layers = 0;
+    ccfg.train.steps = 4;
+    ccfg.train.checkpoint_every = 4;
+    ccfg.train.ema = Some(storygpt::train::EmaConfig { decay: 0.9 });
+    let r = train_char_ldm::<AD>(&ccfg, &opts(&cont_run, false, None), &dev).unwrap();
+    assert!(r.finished && r.steps == 4, "{r:?}");
+    let (fresh_start, fresh_end) = first_last(&ldm_run, 5);
+    let (cont_start, _) = first_last(&cont_run, 2);
+    assert!(
+        cont_start < fresh_start,
+        "continued run starts at loss {cont_start}, a fresh one at {fresh_start} (ended at {fresh_end})"
+    );
+    for frozen in [
+        "postfuse_module/model.safetensors",
+        "image_encoder/model.safetensors",
+    ] {
+        assert!(
+            read(&ldm_run.join("model").join(frozen)) == read(&cont_run.join("model").join(frozen)),
+            "{frozen} changed although frozen"
+        );
+    }
+    assert!(
+        read(&ldm_run.join("model/unet/diffusion_pytorch_model.safetensors"))
+            != read(&cont_run.join("model/unet/diffusion_pytorch_model.safetensors")),
+        "the UNet did not train"
+    );
+    // a folder whose UNet is not the config's is refused, naming the key
+    let mut bad = ccfg.clone();
+    bad.model["block_out_channels"] = serde_json::json!([16, 16]);
+    let err = train_char_ldm::<AD>(&bad, &opts(&tmp.path().join("ldm_bad"), false, None), &dev)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("block_out_channels") && err.contains("init_from"),
+        "{err}"
+    );
+
     // between the stages: fused embeddings of every frame, resumable shard by shard
     let dataset = storygpt::data::open_dataset(&world).unwrap();
     let emb = tmp.path().join("emb");

@@ -333,6 +333,15 @@ pub struct CharLdmLossConfig {
     /// CLIP vision layers that train (`--image_encoder_trainable_layers 2`).
     #[serde(default = "d_trainable")]
     pub image_encoder_trainable_layers: usize,
+    /// Whether the FuseModule trains. With it frozen and `image_encoder_trainable_layers = 0`
+    /// the fused conditioning of every caption stays what it was, so a stage-2 head aligned to
+    /// the `init_from` model's embeddings stays aligned while only the UNet moves on.
+    #[serde(default = "d_true")]
+    pub train_postfuse_module: bool,
+}
+
+fn d_true() -> bool {
+    true
 }
 
 fn d_reg() -> f64 {
@@ -360,6 +369,7 @@ impl Default for CharLdmLossConfig {
             uncond_prob: d_uncond(),
             text_only_prob: d_uncond(),
             image_encoder_trainable_layers: d_trainable(),
+            train_postfuse_module: true,
         }
     }
 }
@@ -1156,6 +1166,12 @@ pub struct Components {
     /// A `CLIPModel` folder with its tokenizer (stage 0's, or a real one): the text encoder is
     /// frozen, the vision tower is the character image encoder.
     pub clip: PathBuf,
+    /// A Char-LDM folder (a finished run's `RUN/model`) whose UNet, FuseModule and image
+    /// encoder start this run instead of a fresh UNet and FuseModule: fine-tuning, or
+    /// continuing a finished run under another schedule. Its `unet/config.json` must agree with
+    /// every key of `[model]`, and it must have been trained on this `clip`'s text encoder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 /// Judges for validation.
@@ -1227,6 +1243,11 @@ pub fn train_char_ldm<B: AutodiffBackend>(
         image_encoder: model
             .image_encoder
             .train_only_last_layers(cfg.loss.image_encoder_trainable_layers),
+        postfuse_module: if cfg.loss.train_postfuse_module {
+            model.postfuse_module
+        } else {
+            model.postfuse_module.no_grad()
+        },
         ..model
     };
     let crop_size =
@@ -1378,9 +1399,9 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A fresh Char-LDM for a run config (random UNet and FuseModule, the stage-0 CLIP vision
-/// tower) and the UNet's diffusers `config.json`, for a text encoder of width `d` and a VAE
-/// that downsamples by `f`.
+/// The Char-LDM a run starts from (a fresh UNet and FuseModule with the `clip` vision tower,
+/// or the `init_from` folder's trained parts) and the UNet's diffusers `config.json`, for a
+/// text encoder of width `d` and a VAE that downsamples by `f`.
 fn init_char_ldm<B: Backend>(
     cfg: &CharLdmRunConfig,
     d: usize,
@@ -1392,6 +1413,9 @@ fn init_char_ldm<B: Backend>(
     unet_json["_class_name"] = "UNet2DConditionModel".into();
     unet_json["sample_size"] = (cfg.data.resolution as usize / f).into();
     let unet_cfg: UNet2DConditionConfig = super::export::model_config(&unet_json, "model")?;
+    if let Some(dir) = &cfg.components.init_from {
+        return init_from_folder(dir, &unet_json, d, device).map(|m| (m, unet_json));
+    }
     let unet = UNet2DConditionModel::<B>::new(&unet_cfg, device)?;
     let image_encoder =
         ClipVisionModelWithProjection::<B>::from_pretrained(&cfg.components.clip, device)?;
@@ -1412,6 +1436,44 @@ fn init_char_ldm<B: Backend>(
         },
         unet_json,
     ))
+}
+
+/// Loads the trained parts of the Char-LDM folder `dir` to start a run, after checking that its
+/// UNet is the one `unet_json` describes and its conditioning is `d` wide.
+fn init_from_folder<B: Backend>(
+    dir: &Path,
+    unet_json: &serde_json::Value,
+    d: usize,
+    device: &Device<B>,
+) -> Result<CharLdm<B>> {
+    let config_path = dir.join("unet").join("config.json");
+    let saved: serde_json::Value = storygpt_core::config::read_json(&config_path)?;
+    let numbers_equal = |a: &serde_json::Value, b: &serde_json::Value| {
+        a == b || matches!((a.as_f64(), b.as_f64()), (Some(x), Some(y)) if x == y)
+    };
+    for (key, want) in unet_json.as_object().into_iter().flatten() {
+        if key.starts_with('_') {
+            continue;
+        }
+        let have = saved.get(key).unwrap_or(&serde_json::Value::Null);
+        if !numbers_equal(have, want) {
+            return Err(Error::InvalidConfig {
+                path: Some(config_path),
+                message: format!(
+                    "`init_from`: the UNet's `{key}` is {have}, the run config's [model] says {want}"
+                ),
+            });
+        }
+    }
+    let loaded = load_char_ldm::<B>(dir, device)?;
+    let width = loaded.model.postfuse_module.embed_dim();
+    if width != d {
+        return Err(Error::InvalidConfig {
+            path: Some(dir.join("postfuse_module")),
+            message: format!("`init_from`: the FuseModule is {width} wide, the text encoder {d}"),
+        });
+    }
+    Ok(loaded.model)
 }
 
 /// Exports the newest checkpoint of a Char-LDM run folder (its EMA weights when the run keeps
