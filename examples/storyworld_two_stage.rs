@@ -25,7 +25,7 @@ use burn::backend::Autodiff;
 use storygpt::backend::{DefaultBackend, default_device};
 use storygpt::data::world::{self, WorldConfig};
 use storygpt::pipeline::{StoryOptions, StoryPipeline};
-use storygpt::story_eval::{StoryEvalRow, evaluate_stories, markdown};
+use storygpt::story_eval::{StoryEvalRow, StoryEvalSpec, evaluate_stories, markdown};
 use storygpt::train::RunOptions;
 use storygpt::train::char_ldm::{CharLdmRunConfig, load_char_ldm, train_char_ldm};
 use storygpt::train::embeddings::{PrepareOptions, prepare_embeddings};
@@ -237,7 +237,7 @@ fn two_stage(out: &Path, size: Size) -> storygpt::Result<Vec<StoryEvalRow>> {
     let (rows, _) = evaluate_stories(
         &pipe,
         Arc::from(dataset),
-        size.eval_stories,
+        &StoryEvalSpec::test(size.eval_stories),
         &opts,
         (
             Some(&models.join("judge-char")),

@@ -8,6 +8,8 @@
 //! | `Char-LDM, named captions` | Char-LDM alone on the captions with names (the ceiling the LLM aims at) |
 //!
 //! Every row uses the same seed per frame, the same sampler settings and the same judges.
+//! [`StoryEvalSpec`] picks the split (tune sampler settings on `val`, report on `test`) and the
+//! rows to draw.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +30,58 @@ use crate::train::char_ldm::{
     Prompt, ValidationSet, frame_prompt, judge_frames, portraits, prompt_conditioning,
     sample_with_seeds,
 };
+
+/// What draws the frames of one row of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoryRowKind {
+    /// The full StoryGPT-V pipeline fed the referential (pronoun) captions.
+    Pipeline,
+    /// Char-LDM alone fed the same pronoun captions.
+    LdmPronouns,
+    /// Char-LDM alone fed the captions with names.
+    LdmNames,
+}
+
+impl StoryRowKind {
+    /// The three rows of the paper's table, in its order.
+    pub const ALL: [StoryRowKind; 3] = [
+        StoryRowKind::Pipeline,
+        StoryRowKind::LdmPronouns,
+        StoryRowKind::LdmNames,
+    ];
+
+    /// The row's name in the table.
+    pub fn label(self) -> &'static str {
+        match self {
+            StoryRowKind::Pipeline => "StoryGPT-V pipeline, pronoun captions",
+            StoryRowKind::LdmPronouns => "Char-LDM, pronoun captions",
+            StoryRowKind::LdmNames => "Char-LDM, named captions",
+        }
+    }
+}
+
+/// Which stories are drawn and which rows are scored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoryEvalSpec {
+    /// The split whose stories are drawn, in the dataset's order.
+    pub split: Split,
+    /// How many stories (the first ones of the split).
+    pub stories: usize,
+    /// The rows, in table order; each appears at most once.
+    pub rows: Vec<StoryRowKind>,
+}
+
+impl StoryEvalSpec {
+    /// The paper's table: all three rows on the first `stories` test stories.
+    pub fn test(stories: usize) -> Self {
+        StoryEvalSpec {
+            split: Split::Test,
+            stories,
+            rows: StoryRowKind::ALL.to_vec(),
+        }
+    }
+}
 
 /// One row of the table.
 #[derive(Debug, Clone, Serialize)]
@@ -54,7 +108,7 @@ pub struct StoryEvalFrames {
     pub ids: Vec<String>,
     /// Referential captions, aligned with `ids`.
     pub captions: Vec<String>,
-    /// Frames of each row, aligned with `ids`.
+    /// Frames of each row of the spec, aligned with `ids`.
     pub rows: Vec<Vec<RgbImage>>,
 }
 
@@ -86,27 +140,44 @@ fn mark_names(caption: &str, dataset: &dyn StoryDataset, portraits: &[Option<Rgb
     }
 }
 
-/// Scores the three rows on the first `stories` test stories of `dataset` (`on_story(i, n)`
-/// before each).
+/// Scores the rows of `spec` on the first `spec.stories` stories of its split of `dataset`
+/// (`on_story(i, n)` before each).
 pub fn evaluate_stories<B: Backend + 'static>(
     pipe: &StoryPipeline<B>,
     dataset: Arc<dyn StoryDataset>,
-    stories: usize,
+    spec: &StoryEvalSpec,
     opts: &StoryOptions,
     judges: (Option<&std::path::Path>, Option<&std::path::Path>),
     on_story: &mut dyn FnMut(usize, usize),
     device: &Device<B>,
 ) -> Result<(Vec<StoryEvalRow>, StoryEvalFrames)> {
-    let test: Vec<Vec<String>> = dataset
-        .stories(Split::Test)
+    if spec.rows.is_empty() {
+        return Err(Error::InvalidInput(
+            "story evaluation: no rows to draw".to_string(),
+        ));
+    }
+    if let Some(r) = spec
+        .rows
         .iter()
-        .take(stories)
+        .enumerate()
+        .find_map(|(i, r)| spec.rows[..i].contains(r).then_some(r))
+    {
+        return Err(Error::InvalidInput(format!(
+            "story evaluation: row `{}` is asked for twice",
+            r.label()
+        )));
+    }
+    let stories: Vec<Vec<String>> = dataset
+        .stories(spec.split)
+        .iter()
+        .take(spec.stories)
         .cloned()
         .collect();
-    if test.is_empty() {
+    if stories.is_empty() {
         return Err(Error::InvalidInput(format!(
-            "{} has no test stories",
-            dataset.root().display()
+            "{} has no {:?} stories",
+            dataset.root().display(),
+            spec.split
         )));
     }
     let load = |p: Option<&std::path::Path>| {
@@ -125,45 +196,48 @@ pub fn evaluate_stories<B: Backend + 'static>(
     let ldm = &pipe.ldm;
     let latent_side = ldm.resolution as usize / Autoencoder::downsample_factor(&ldm.frozen.vae);
     let shape = [
-        1,
         Autoencoder::latent_channels(&ldm.frozen.vae),
         latent_side,
         latent_side,
     ];
     let mut ids = Vec::new();
     let mut captions = Vec::new();
-    let mut rows: Vec<Vec<RgbImage>> = vec![Vec::new(); 3];
-    let mut seconds = [0.0f64; 3];
-    for (s, story) in test.iter().enumerate() {
-        on_story(s, test.len());
+    let mut rows: Vec<Vec<RgbImage>> = vec![Vec::new(); spec.rows.len()];
+    let mut seconds = vec![0.0f64; spec.rows.len()];
+    for (s, story) in stories.iter().enumerate() {
+        on_story(s, stories.len());
         let images = vec![0; story.len()];
         let refs: Vec<String> = dataset
             .referential_captions(story, &images)?
             .into_iter()
             .map(|c| c.text)
             .collect();
-        let t0 = Instant::now();
         let story_opts = StoryOptions {
             seed: opts.seed + 1000 * s as u64,
             ..opts.clone()
         };
-        let drawn = pipe.visualize(&refs, &story_opts, &mut |_, _| {})?;
-        seconds[0] += t0.elapsed().as_secs_f64();
-        rows[0].extend(drawn.into_iter().map(|f| f.image));
         // Char-LDM alone: the story's frames in one batch per row, each from its own seed.
         let seeds: Vec<u64> = (0..story.len())
             .map(|k| story_opts.seed + k as u64)
             .collect();
-        let named = story
-            .iter()
-            .map(|id| frame_prompt(dataset.as_ref(), id, &cast))
-            .collect::<Result<Vec<_>>>()?;
-        let pronoun: Vec<Prompt> = refs
-            .iter()
-            .map(|r| mark_names(r, dataset.as_ref(), &cast))
-            .collect();
-        for (row, prompts) in [(1, pronoun), (2, named)] {
+        for (row, kind) in spec.rows.iter().enumerate() {
             let t0 = Instant::now();
+            let prompts = match kind {
+                StoryRowKind::Pipeline => {
+                    let drawn = pipe.visualize(&refs, &story_opts, &mut |_, _| {})?;
+                    rows[row].extend(drawn.into_iter().map(|f| f.image));
+                    seconds[row] += t0.elapsed().as_secs_f64();
+                    continue;
+                }
+                StoryRowKind::LdmPronouns => refs
+                    .iter()
+                    .map(|r| mark_names(r, dataset.as_ref(), &cast))
+                    .collect::<Vec<Prompt>>(),
+                StoryRowKind::LdmNames => story
+                    .iter()
+                    .map(|id| frame_prompt(dataset.as_ref(), id, &cast))
+                    .collect::<Result<Vec<_>>>()?,
+            };
             let (null, plain, fused) =
                 prompt_conditioning(&ldm.model, &ldm.frozen, &prompts, ldm.crop_size, device)?;
             let cond = Conditioning::delayed(null, plain, fused, opts.sample.start_merge_step);
@@ -172,7 +246,7 @@ pub fn evaluate_stories<B: Backend + 'static>(
                 &ldm.frozen,
                 &cond,
                 &opts.sample,
-                [shape[1], shape[2], shape[3]],
+                shape,
                 &seeds,
                 device,
             )?;
@@ -182,18 +256,13 @@ pub fn evaluate_stories<B: Backend + 'static>(
         ids.extend(story.iter().cloned());
         captions.extend(refs);
     }
-    let names = [
-        "StoryGPT-V pipeline, pronoun captions",
-        "Char-LDM, pronoun captions",
-        "Char-LDM, named captions",
-    ];
     let mut table = Vec::new();
-    for (r, name) in names.iter().enumerate() {
+    for (r, kind) in spec.rows.iter().enumerate() {
         let mut m = Metrics::new();
         judge_frames(&val, &ids, &rows[r], device, &mut m)?;
         let get = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
         table.push(StoryEvalRow {
-            name: name.to_string(),
+            name: kind.label().to_string(),
             char_acc: get("char_acc"),
             char_f1: get("char_f1"),
             bg_acc: get("bg_acc"),

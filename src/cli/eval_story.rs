@@ -1,5 +1,6 @@
 //! `storygpt eval-story`: the stage-2 table (full pipeline with pronouns, Char-LDM with
-//! pronouns, Char-LDM with names) on a dataset's test stories.
+//! pronouns, Char-LDM with names) on a dataset's test stories, or on its validation stories to
+//! tune sampler settings.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use storygpt_core::Result;
 
 use crate::pipeline::StoryPipeline;
-use crate::story_eval::{evaluate_stories, markdown};
+use crate::story_eval::{StoryEvalSpec, StoryRowKind, evaluate_stories, markdown};
 
 /// Flags of `storygpt eval-story`.
 #[derive(Debug, clap::Args)]
@@ -20,9 +21,16 @@ pub struct EvalStoryArgs {
     /// The dataset whose test stories are drawn.
     #[arg(long)]
     pub data: PathBuf,
-    /// How many test stories.
+    /// How many stories (the first ones of `--split`).
     #[arg(long, default_value_t = 100)]
     pub stories: usize,
+    /// The split whose stories are drawn: `test` for the reported table, `val` to tune sampler
+    /// settings without looking at the test stories.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// The rows to draw, comma-separated (default: all three, in the paper's order).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub rows: Vec<StoryRowKind>,
     /// Output folder: `table.md`, `metrics.json`, `stories.png`.
     #[arg(long)]
     pub out: PathBuf,
@@ -38,6 +46,9 @@ pub struct EvalStoryArgs {
     /// Sampler (default: the model's).
     #[arg(long, value_enum)]
     pub scheduler: Option<crate::train::char_ldm::Sampler>,
+    /// Classifier-free guidance scale (default: the model's).
+    #[arg(long)]
+    pub guidance_scale: Option<f64>,
 }
 
 /// `storygpt eval-story`.
@@ -49,6 +60,18 @@ pub fn run<B: Backend + 'static>(a: &EvalStoryArgs, device: &B::Device) -> Resul
     if let Some(k) = a.scheduler {
         opts.sample.scheduler = k;
     }
+    if let Some(g) = a.guidance_scale {
+        opts.sample.guidance_scale = g;
+    }
+    let spec = StoryEvalSpec {
+        split: storygpt_data::Split::parse(&a.split)?,
+        stories: a.stories,
+        rows: if a.rows.is_empty() {
+            StoryRowKind::ALL.to_vec()
+        } else {
+            a.rows.clone()
+        },
+    };
     let dataset: Arc<dyn storygpt_data::StoryDataset> =
         Arc::from(storygpt_data::open_dataset(&a.data)?);
     let bar = ProgressBar::new(a.stories as u64);
@@ -59,7 +82,7 @@ pub fn run<B: Backend + 'static>(a: &EvalStoryArgs, device: &B::Device) -> Resul
     let (rows, frames) = evaluate_stories(
         &pipe,
         dataset,
-        a.stories,
+        &spec,
         &opts,
         (Some(a.char_judge.as_path()), Some(a.bg_judge.as_path())),
         &mut |i, n| {
@@ -74,10 +97,10 @@ pub fn run<B: Backend + 'static>(a: &EvalStoryArgs, device: &B::Device) -> Resul
     storygpt_core::fs::write_atomic(a.out.join("table.md"), table.as_bytes())?;
     storygpt_core::fs::write_json_atomic(
         a.out.join("metrics.json"),
-        &serde_json::json!({"model": a.model, "data": a.data, "stories": a.stories,
-            "options": opts, "rows": rows}),
+        &serde_json::json!({"model": a.model, "data": a.data, "split": a.split,
+            "stories": a.stories, "options": opts, "rows": rows}),
     )?;
-    // The first two stories: one row of frames per condition, captions under the pipeline's.
+    // The first two stories: one row of frames per condition, captions under the first row's.
     let n = frames.ids.len().min(8);
     let mut tiles = Vec::new();
     for (r, row) in frames.rows.iter().enumerate() {
