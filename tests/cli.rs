@@ -357,3 +357,67 @@ fn readme_main_command_draws_the_story_with_the_embedded_model() {
         "dpm_solver_multistep"
     );
 }
+
+/// `eval-story` on a validation story, one row, another guidance scale: the table has that row
+/// only, the metrics record the split and the options; bad row lists are typed errors.
+#[test]
+fn eval_story_draws_the_asked_rows_of_the_asked_split() {
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("w");
+    let w = world.to_str().unwrap();
+    let (ok, _, stderr) = storygpt(&[
+        "world",
+        "generate",
+        "--out",
+        w,
+        "--stories",
+        "10",
+        "--size",
+        "64",
+        "--seed",
+        "3",
+    ]);
+    assert!(ok, "{stderr}");
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/models/storyworld");
+    let out = tmp.path().join("eval");
+    let o = out.to_str().unwrap();
+    let args = |rows: &'static str, split: &'static str| {
+        vec![
+            "eval-story",
+            "--model",
+            model,
+            "--data",
+            w,
+            "--split",
+            split,
+            "--stories",
+            "1",
+            "--rows",
+            rows,
+            "--steps",
+            "2",
+            "--guidance-scale",
+            "2.5",
+            "--out",
+            o,
+        ]
+    };
+    let (ok, stdout, stderr) = storygpt(&args("ldm-names", "val"));
+    assert!(ok, "{stdout}\n{stderr}");
+    let table = std::fs::read_to_string(out.join("table.md")).unwrap();
+    assert_eq!(table.lines().count(), 3, "{table}");
+    assert!(table.contains("| Char-LDM, named captions |"), "{table}");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["split"], "val");
+    assert_eq!(metrics["options"]["sample"]["guidance_scale"], 2.5);
+    let rows = metrics["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["frames"], 4, "one story of 4 frames");
+    assert!(out.join("stories.png").is_file());
+
+    let (ok, _, stderr) = storygpt(&args("ldm-names,ldm-names", "val"));
+    assert!(!ok && stderr.contains("twice"), "{stderr}");
+    let (ok, _, stderr) = storygpt(&args("ldm-names", "holdout"));
+    assert!(!ok && stderr.contains("unknown split"), "{stderr}");
+}
