@@ -358,7 +358,7 @@ fn readme_main_command_draws_the_story_with_the_embedded_model() {
     );
 }
 
-/// `eval-story` on a validation story, one row, another guidance scale: the table has that row
+/// `eval-story` on a validation story, one row, other sampling options: the table has that row
 /// only, the metrics record the split and the options; bad row lists are typed errors.
 #[test]
 fn eval_story_draws_the_asked_rows_of_the_asked_split() {
@@ -396,8 +396,10 @@ fn eval_story_draws_the_asked_rows_of_the_asked_split() {
             rows,
             "--steps",
             "2",
-            "--guidance-scale",
+            "--guidance",
             "2.5",
+            "--first-frame",
+            "char-ldm",
             "--out",
             o,
         ]
@@ -411,6 +413,7 @@ fn eval_story_draws_the_asked_rows_of_the_asked_split() {
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["split"], "val");
     assert_eq!(metrics["options"]["sample"]["guidance_scale"], 2.5);
+    assert_eq!(metrics["options"]["first_frame"], "char_ldm");
     let rows = metrics["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["frames"], 4, "one story of 4 frames");

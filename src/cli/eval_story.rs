@@ -9,6 +9,7 @@ use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
 use storygpt_core::Result;
 
+use crate::cli::visualize::StoryOptionArgs;
 use crate::pipeline::StoryPipeline;
 use crate::story_eval::{StoryEvalSpec, StoryRowKind, evaluate_stories, markdown};
 
@@ -40,29 +41,16 @@ pub struct EvalStoryArgs {
     /// Background judge folder.
     #[arg(long, default_value = "models/storyworld/judge-bg")]
     pub bg_judge: PathBuf,
-    /// Denoising steps (default: the model's).
-    #[arg(long)]
-    pub steps: Option<usize>,
-    /// Sampler (default: the model's).
-    #[arg(long, value_enum)]
-    pub scheduler: Option<crate::train::char_ldm::Sampler>,
-    /// Classifier-free guidance scale (default: the model's).
-    #[arg(long)]
-    pub guidance_scale: Option<f64>,
+    /// Sampling and story options over the model folder's defaults (`--seed` is story 1's;
+    /// story k's is `seed + 1000 (k - 1)`).
+    #[command(flatten)]
+    pub options: StoryOptionArgs,
 }
 
 /// `storygpt eval-story`.
 pub fn run<B: Backend + 'static>(a: &EvalStoryArgs, device: &B::Device) -> Result<()> {
     let (pipe, mut opts) = StoryPipeline::<B>::from_dir(&a.model, device)?;
-    if let Some(s) = a.steps {
-        opts.sample.steps = s;
-    }
-    if let Some(k) = a.scheduler {
-        opts.sample.scheduler = k;
-    }
-    if let Some(g) = a.guidance_scale {
-        opts.sample.guidance_scale = g;
-    }
+    a.options.apply(&mut opts)?;
     let spec = StoryEvalSpec {
         split: storygpt_data::Split::parse(&a.split)?,
         stories: a.stories,

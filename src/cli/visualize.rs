@@ -26,6 +26,15 @@ pub struct VisualizeArgs {
     /// Output folder: `frame-01.png`…, `storyboard.png`, `story.json`.
     #[arg(long, default_value = "story")]
     pub out: PathBuf,
+    /// Sampling and story options over the model folder's defaults.
+    #[command(flatten)]
+    pub options: StoryOptionArgs,
+}
+
+/// The flags that override a StoryGPT-V folder's default [`StoryOptions`] (`visualize`,
+/// `eval-story`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct StoryOptionArgs {
     /// Seed of frame 1 (frame k uses seed + k - 1).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -45,6 +54,46 @@ pub struct VisualizeArgs {
     /// original code).
     #[arg(long)]
     pub first_frame: Option<String>,
+}
+
+impl StoryOptionArgs {
+    /// Applies the given flags to `opts`.
+    pub fn apply(&self, opts: &mut StoryOptions) -> Result<()> {
+        if let Some(s) = self.seed {
+            opts.seed = s;
+        }
+        if let Some(s) = self.steps {
+            opts.sample.steps = s;
+        }
+        if let Some(k) = self.scheduler {
+            opts.sample.scheduler = k;
+        }
+        if let Some(g) = self.guidance {
+            opts.sample.guidance_scale = g;
+        }
+        if let Some(w) = &self.history_window {
+            opts.history_window = match w.as_str() {
+                "all" => None,
+                n => Some(n.parse().map_err(|_| {
+                    Error::InvalidInput(format!(
+                        "--history-window must be a number or `all`, not {n:?}"
+                    ))
+                })?),
+            };
+        }
+        if let Some(f) = &self.first_frame {
+            opts.first_frame = match f.as_str() {
+                "llm" => FirstFrame::Llm,
+                "char-ldm" => FirstFrame::CharLdm,
+                other => {
+                    return Err(Error::InvalidInput(format!(
+                        "--first-frame must be `llm` or `char-ldm`, not {other:?}"
+                    )));
+                }
+            };
+        }
+        Ok(())
+    }
 }
 
 /// `story.json`.
@@ -98,39 +147,7 @@ pub fn run<B: Backend>(a: &VisualizeArgs, device: &B::Device) -> Result<()> {
     };
     let story = parse_story(&text)?;
     let (pipe, mut opts) = StoryPipeline::<B>::from_dir(&a.model, device)?;
-    if let Some(s) = a.seed {
-        opts.seed = s;
-    }
-    if let Some(s) = a.steps {
-        opts.sample.steps = s;
-    }
-    if let Some(k) = a.scheduler {
-        opts.sample.scheduler = k;
-    }
-    if let Some(g) = a.guidance {
-        opts.sample.guidance_scale = g;
-    }
-    if let Some(w) = &a.history_window {
-        opts.history_window = match w.as_str() {
-            "all" => None,
-            n => Some(n.parse().map_err(|_| {
-                Error::InvalidInput(format!(
-                    "--history-window must be a number or `all`, not {n:?}"
-                ))
-            })?),
-        };
-    }
-    if let Some(f) = &a.first_frame {
-        opts.first_frame = match f.as_str() {
-            "llm" => FirstFrame::Llm,
-            "char-ldm" => FirstFrame::CharLdm,
-            other => {
-                return Err(Error::InvalidInput(format!(
-                    "--first-frame must be `llm` or `char-ldm`, not {other:?}"
-                )));
-            }
-        };
-    }
+    a.options.apply(&mut opts)?;
     let load_seconds = t0.elapsed().as_secs_f64();
     pipe.check_story(&story, &opts)?;
     let bar = ProgressBar::new(story.len() as u64);
