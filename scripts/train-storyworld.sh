@@ -12,7 +12,7 @@
 #   ldm       stage 1 Char-LDM    configs/storyworld/ldm.toml    (hours; see docs/training.md)
 #   embeddings  storygpt prepare-embeddings (runs/embeddings; the stage-2 targets)
 #   stage2    stage 2 LLM alignment configs/storyworld/stage2.toml
-#   assemble  the embedded default: models/storyworld/{ldm,stage2} in bf16 + model_index.json
+#   assemble  the embedded default: models/storyworld/{ldm,stage2} in bf16, the cast + model_index.json
 #
 # The stage-0 models this script made are committed under models/storyworld/{clip,vae,lm}; it
 # starts from those unless STORYGPT_RETRAIN=1.
@@ -106,7 +106,18 @@ out = sys.argv[1]
 cfg = json.load(open(f"{out}/stage2/config.json"))
 cfg.update({"llm": "../lm", "visual_encoder": "../clip", "ldm": "../ldm"})
 json.dump(cfg, open(f"{out}/stage2/config.json", "w"), indent=2)
-json.dump({"ldm": "ldm", "head": "stage2",
+# The cast: each character's name and portrait, so that Char-LDM can fuse the names of a
+# sentence it draws itself (--first-frame char-ldm).
+import os, shutil
+os.makedirs(f"{out}/cast", exist_ok=True)
+manifest = json.load(open("data/world64/manifest.json"))
+cast = []
+for c in manifest["characters"]:
+    name = os.path.basename(c["portrait"])
+    shutil.copy(os.path.join("data/world64", c["portrait"]), f"{out}/cast/{name}")
+    cast.append({"name": c["name"], "portrait": name})
+json.dump({"characters": cast}, open(f"{out}/cast/cast.json", "w"), indent=2)
+json.dump({"ldm": "ldm", "head": "stage2", "cast": "cast",
            # DPM-Solver++ 2M in 12 steps draws what DDIM draws in 25 (docs/stage2.md), in half the time
            "options": {"sample": {"steps": 12, "scheduler": "dpm_solver_multistep",
                                   "guidance_scale": 4.0, "start_merge_step": 0},

@@ -19,6 +19,7 @@ pub use storygpt_data as data;
 pub use storygpt_eval as eval;
 pub use storygpt_models as models;
 
+pub mod cast;
 pub mod cli;
 pub mod pipeline;
 pub mod story_eval;

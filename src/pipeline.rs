@@ -41,6 +41,7 @@ use storygpt_models::clip::ClipVisionModel;
 use storygpt_models::llm_tokenizer::LlmTokenizer;
 use storygpt_models::story_head::{StoryHead, StoryHeadConfig};
 
+use crate::cast::Cast;
 use crate::train::char_ldm::{
     CharLdmFolder, Prompt, SampleConfig, load_char_ldm, prompt_conditioning, sample_with,
 };
@@ -53,8 +54,9 @@ pub enum FirstFrame {
     /// The LLM path, as every other frame (the paper).
     #[default]
     Llm,
-    /// Char-LDM on the sentence itself (the original code): names in it are fused with their
-    /// portraits; a pronoun has nothing to resolve to.
+    /// Char-LDM on the sentence itself (the original code): names of the pipeline's
+    /// [`Cast`] are fused with their portraits (without a cast, the sentence is text only); a
+    /// pronoun has nothing to resolve to.
     CharLdm,
 }
 
@@ -136,6 +138,9 @@ pub struct StoryPipeline<B: Backend> {
     pub head_config: StoryHeadConfig,
     /// Encodes drawn frames for the next contexts.
     pub vision: ClipVisionModel<B>,
+    /// Characters whose names Char-LDM fuses with their portraits when it draws a sentence
+    /// itself (`--first-frame char-ldm`); the folder's `cast`, if any.
+    pub cast: Option<Cast>,
     tokenizer: Arc<LlmTokenizer>,
     batcher: Stage2Batcher,
     img_ids: Vec<u32>,
@@ -152,6 +157,9 @@ pub struct StoryIndex {
     /// Default inference settings.
     #[serde(default)]
     pub options: Option<StoryOptions>,
+    /// A cast folder ([`crate::cast`]), relative to the StoryGPT-V folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cast: Option<PathBuf>,
 }
 
 impl<B: Backend> StoryPipeline<B> {
@@ -159,11 +167,14 @@ impl<B: Backend> StoryPipeline<B> {
     /// `models/storyworld/`). Returns the pipeline and the folder's default options.
     pub fn from_dir(dir: &Path, device: &Device<B>) -> Result<(Self, StoryOptions)> {
         let index: StoryIndex = storygpt_core::config::read_json(dir.join("model_index.json"))?;
-        let p = Self::new(
+        let mut p = Self::new(
             &StoryHeadConfig::resolve(dir, &index.ldm),
             &StoryHeadConfig::resolve(dir, &index.head),
             device,
         )?;
+        if let Some(cast) = &index.cast {
+            p.cast = Some(Cast::from_dir(&StoryHeadConfig::resolve(dir, cast))?);
+        }
         Ok((p, index.options.unwrap_or_default()))
     }
 
@@ -224,6 +235,7 @@ impl<B: Backend> StoryPipeline<B> {
             head,
             head_config,
             vision,
+            cast: None,
             tokenizer,
             batcher,
             img_ids,
@@ -412,6 +424,12 @@ impl<B: Backend> StoryPipeline<B> {
                  (first_frame_targets = false); --first-frame char-ldm is the original's choice"
             );
         }
+        if opts.first_frame == FirstFrame::CharLdm && self.cast.is_none() {
+            tracing::warn!(
+                "frame 1 is drawn by Char-LDM alone, but this pipeline has no cast: its names \
+                 are not fused with portraits (text-only conditioning)"
+            );
+        }
         let mut frames: Vec<StoryFrame> = Vec::with_capacity(story.len());
         let mut visual: Vec<Tensor<B, 2>> = Vec::with_capacity(story.len());
         let mut cache = self.new_cache();
@@ -423,26 +441,31 @@ impl<B: Backend> StoryPipeline<B> {
             let t0 = Instant::now();
             let pronoun = has_pronoun(caption);
             let seed = opts.seed + k as u64;
-            let plain = Prompt {
-                marked_caption: caption.clone(),
-                caption: caption.clone(),
-                portraits: Vec::new(),
+            let ldm_alone = k == 0 && opts.first_frame == FirstFrame::CharLdm;
+            // The text-only and unconditional branches read the plain sentence; the fused one
+            // is used only when Char-LDM draws the sentence itself.
+            let prompt = match &self.cast {
+                Some(cast) if ldm_alone => cast.mark(caption),
+                _ => Prompt {
+                    marked_caption: caption.clone(),
+                    caption: caption.clone(),
+                    portraits: Vec::new(),
+                },
             };
             let (null, text_only, fused) = prompt_conditioning(
                 &self.ldm.model,
                 &self.ldm.frozen,
-                std::slice::from_ref(&plain),
+                std::slice::from_ref(&prompt),
                 self.ldm.crop_size,
                 &self.device,
             )?;
-            let (late, history, new_tokens, context_tokens) =
-                if k == 0 && opts.first_frame == FirstFrame::CharLdm {
-                    (fused, 0, 0, 0)
-                } else {
-                    let (slots, history) = self.context(story, k, opts)?;
-                    let (states, new) = self.img_states(&slots, &visual, &mut cache)?;
-                    (self.head.gill_mapper.map(states), history, new, slots.len())
-                };
+            let (late, history, new_tokens, context_tokens) = if ldm_alone {
+                (fused, 0, 0, 0)
+            } else {
+                let (slots, history) = self.context(story, k, opts)?;
+                let (states, new) = self.img_states(&slots, &visual, &mut cache)?;
+                (self.head.gill_mapper.map(states), history, new, slots.len())
+            };
             let switch = if pronoun {
                 0
             } else {

@@ -22,8 +22,8 @@ use storygpt_core::pipeline::Conditioning;
 use storygpt_core::traits::Autoencoder;
 use storygpt_core::{Error, Result};
 use storygpt_data::{Split, StoryDataset};
-use storygpt_models::clip::IMAGE_MARKER;
 
+use crate::cast::Cast;
 use crate::pipeline::{StoryOptions, StoryPipeline};
 use crate::train::Metrics;
 use crate::train::char_ldm::{
@@ -112,34 +112,6 @@ pub struct StoryEvalFrames {
     pub rows: Vec<Vec<RgbImage>>,
 }
 
-/// The caption with `<|image|>` after each cast name it contains, and those portraits.
-fn mark_names(caption: &str, dataset: &dyn StoryDataset, portraits: &[Option<RgbImage>]) -> Prompt {
-    let mut words: Vec<String> = Vec::new();
-    let mut imgs = Vec::new();
-    for w in caption.split_whitespace() {
-        words.push(w.to_string());
-        let bare: String = w.chars().filter(|c| c.is_alphanumeric()).collect();
-        if let Some((i, _)) = dataset
-            .characters()
-            .iter()
-            .enumerate()
-            .find(|(_, c)| c.name.eq_ignore_ascii_case(&bare))
-            && let Some(Some(p)) = portraits.get(i)
-        {
-            // The marker goes right after the name, before any punctuation.
-            let last = words.pop().unwrap_or_default();
-            let tail: String = last.chars().skip_while(|c| c.is_alphanumeric()).collect();
-            words.push(format!("{bare} {IMAGE_MARKER}{tail}"));
-            imgs.push(p.clone());
-        }
-    }
-    Prompt {
-        marked_caption: words.join(" "),
-        caption: caption.to_string(),
-        portraits: imgs,
-    }
-}
-
 /// Scores the rows of `spec` on the first `spec.stories` stories of its split of `dataset`
 /// (`on_story(i, n)` before each).
 pub fn evaluate_stories<B: Backend + 'static>(
@@ -185,6 +157,7 @@ pub fn evaluate_stories<B: Backend + 'static>(
             .transpose()
     };
     let cast = portraits(dataset.as_ref());
+    let marker = Cast::from_dataset(dataset.as_ref());
     let val = ValidationSet {
         dataset: dataset.clone(),
         ids: Vec::new(),
@@ -229,10 +202,9 @@ pub fn evaluate_stories<B: Backend + 'static>(
                     seconds[row] += t0.elapsed().as_secs_f64();
                     continue;
                 }
-                StoryRowKind::LdmPronouns => refs
-                    .iter()
-                    .map(|r| mark_names(r, dataset.as_ref(), &cast))
-                    .collect::<Vec<Prompt>>(),
+                StoryRowKind::LdmPronouns => {
+                    refs.iter().map(|r| marker.mark(r)).collect::<Vec<Prompt>>()
+                }
                 StoryRowKind::LdmNames => story
                     .iter()
                     .map(|id| frame_prompt(dataset.as_ref(), id, &cast))

@@ -90,3 +90,64 @@ fn committed_lm_resolves_pronouns_in_unseen_stories() {
     assert!(m["pronoun_probe_accuracy"] >= 0.95, "{m:?}");
     assert!(m["perplexity"] <= 4.5, "{m:?}");
 }
+
+/// The embedded StoryGPT-V folder carries the story world's cast, and `--first-frame char-ldm`
+/// draws frame 1 from the sentence with its names fused with their portraits: exactly Char-LDM
+/// sampling the marked prompt, and not what the same sentence draws as text only.
+#[test]
+fn embedded_first_frame_by_char_ldm_fuses_the_cast_names() {
+    use storygpt::core::pipeline::Conditioning;
+    use storygpt::pipeline::{FirstFrame, StoryPipeline};
+    use storygpt::train::char_ldm::{prompt_conditioning, sample_with};
+
+    let dev = default_device();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/storyworld");
+    let (mut pipe, mut opts) = StoryPipeline::<TB>::from_dir(&dir, &dev).unwrap();
+    let cast = pipe.cast.clone().expect("the embedded model has a cast");
+    let names: Vec<&str> = cast.characters.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "Fred", "Wilma", "Barney", "Betty", "Pebbles", "Slate", "Dino"
+        ]
+    );
+    opts.first_frame = FirstFrame::CharLdm;
+    opts.sample.steps = 2;
+    let story = vec!["Fred waves at Wilma in the kitchen.".to_string()];
+    let with_cast = pipe.visualize(&story, &opts, &mut |_, _| {}).unwrap();
+
+    let prompt = cast.mark(&story[0]);
+    assert_eq!(prompt.portraits.len(), 2);
+    let ldm = &pipe.ldm;
+    let (null, text, fused) = prompt_conditioning(
+        &ldm.model,
+        &ldm.frozen,
+        std::slice::from_ref(&prompt),
+        ldm.crop_size,
+        &dev,
+    )
+    .unwrap();
+    let side = ldm.resolution as usize / ldm.frozen.vae.downsample_factor();
+    let channels = ldm.frozen.vae.latent_channels();
+    let direct = sample_with(
+        &ldm.model,
+        &ldm.frozen,
+        &Conditioning::delayed(null, text, fused, opts.sample.start_merge_step),
+        &opts.sample,
+        [1, channels, side, side],
+        opts.seed,
+        &dev,
+    )
+    .unwrap();
+    assert!(
+        with_cast[0].image == direct[0],
+        "frame 1 is not Char-LDM on the fused names"
+    );
+
+    pipe.cast = None;
+    let without = pipe.visualize(&story, &opts, &mut |_, _| {}).unwrap();
+    assert!(
+        with_cast[0].image != without[0].image,
+        "the cast changed nothing"
+    );
+}

@@ -49,7 +49,7 @@ pub struct EvalStoryArgs {
 
 /// `storygpt eval-story`.
 pub fn run<B: Backend + 'static>(a: &EvalStoryArgs, device: &B::Device) -> Result<()> {
-    let (pipe, mut opts) = StoryPipeline::<B>::from_dir(&a.model, device)?;
+    let (mut pipe, mut opts) = StoryPipeline::<B>::from_dir(&a.model, device)?;
     a.options.apply(&mut opts)?;
     let spec = StoryEvalSpec {
         split: storygpt_data::Split::parse(&a.split)?,
@@ -62,6 +62,9 @@ pub fn run<B: Backend + 'static>(a: &EvalStoryArgs, device: &B::Device) -> Resul
     };
     let dataset: Arc<dyn storygpt_data::StoryDataset> =
         Arc::from(storygpt_data::open_dataset(&a.data)?);
+    // The dataset's characters are the ones to draw: its portraits replace the folder's cast
+    // (used when Char-LDM draws a sentence itself, `--first-frame char-ldm`).
+    pipe.cast = Some(crate::cast::Cast::from_dataset(dataset.as_ref()));
     let bar = ProgressBar::new(a.stories as u64);
     bar.set_style(
         ProgressStyle::with_template("[eval-story] {bar:30} story {pos}/{len} | ETA {eta}")
