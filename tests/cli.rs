@@ -14,6 +14,24 @@ fn storygpt(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `storygpt world generate` of `stories` 64-px stories with seed 3 into `out`; returns stderr.
+fn generate_world(out: &str, stories: &str) -> String {
+    let (ok, _, stderr) = storygpt(&[
+        "world",
+        "generate",
+        "--out",
+        out,
+        "--stories",
+        stories,
+        "--size",
+        "64",
+        "--seed",
+        "3",
+    ]);
+    assert!(ok, "{stderr}");
+    stderr
+}
+
 #[test]
 fn info_lists_the_compiled_backends() {
     let (ok, stdout, stderr) = storygpt(&["info"]);
@@ -182,19 +200,7 @@ fn world_generate_check_and_preview() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("w");
     let o = out.to_str().unwrap();
-    let (ok, _, stderr) = storygpt(&[
-        "world",
-        "generate",
-        "--out",
-        o,
-        "--stories",
-        "6",
-        "--size",
-        "64",
-        "--seed",
-        "3",
-    ]);
-    assert!(ok, "{stderr}");
+    let stderr = generate_world(o, "6");
     assert!(stderr.contains("6 stories, 24 frames of 64x64"), "{stderr}");
     assert!(stderr.contains("frames/s"), "{stderr}");
     // Refuses to overwrite by default.
@@ -236,19 +242,7 @@ fn eval_train_classifier_and_run() {
     let tmp = tempfile::tempdir().unwrap();
     let world = tmp.path().join("w");
     let w = world.to_str().unwrap();
-    let (ok, _, stderr) = storygpt(&[
-        "world",
-        "generate",
-        "--out",
-        w,
-        "--stories",
-        "20",
-        "--size",
-        "64",
-        "--seed",
-        "3",
-    ]);
-    assert!(ok, "{stderr}");
+    generate_world(w, "20");
     let judge = tmp.path().join("judge");
     let (ok, stdout, stderr) = storygpt(&[
         "eval",
@@ -358,26 +352,15 @@ fn readme_main_command_draws_the_story_with_the_embedded_model() {
     );
 }
 
-/// `eval-story` on a validation story, one row, other sampling options: the table has that row
-/// only, the metrics record the split and the options; bad row lists are typed errors.
+/// `eval-story` on a validation story, two rows (one the diagnostic pipeline-with-names row),
+/// other sampling options: the table has those rows only, the metrics record the split and the
+/// options; bad row lists are typed errors.
 #[test]
 fn eval_story_draws_the_asked_rows_of_the_asked_split() {
     let tmp = tempfile::tempdir().unwrap();
     let world = tmp.path().join("w");
     let w = world.to_str().unwrap();
-    let (ok, _, stderr) = storygpt(&[
-        "world",
-        "generate",
-        "--out",
-        w,
-        "--stories",
-        "10",
-        "--size",
-        "64",
-        "--seed",
-        "3",
-    ]);
-    assert!(ok, "{stderr}");
+    generate_world(w, "10");
     let model = concat!(env!("CARGO_MANIFEST_DIR"), "/models/storyworld");
     let out = tmp.path().join("eval");
     let o = out.to_str().unwrap();
@@ -404,19 +387,32 @@ fn eval_story_draws_the_asked_rows_of_the_asked_split() {
             o,
         ]
     };
-    let (ok, stdout, stderr) = storygpt(&args("ldm-names", "val"));
+    let (ok, stdout, stderr) = storygpt(&args("ldm-names,pipeline-names", "val"));
     assert!(ok, "{stdout}\n{stderr}");
     let table = std::fs::read_to_string(out.join("table.md")).unwrap();
-    assert_eq!(table.lines().count(), 3, "{table}");
+    assert_eq!(table.lines().count(), 4, "{table}");
     assert!(table.contains("| Char-LDM, named captions |"), "{table}");
+    assert!(
+        table.contains("| StoryGPT-V pipeline, named captions |"),
+        "the diagnostic row: {table}"
+    );
+    assert!(table.contains("| Char-Acc, pronoun frames |"), "{table}");
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["split"], "val");
     assert_eq!(metrics["options"]["sample"]["guidance_scale"], 2.5);
     assert_eq!(metrics["options"]["first_frame"], "char_ldm");
     let rows = metrics["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0]["frames"], 4, "one story of 4 frames");
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        assert_eq!(row["frames"], 4, "one story of 4 frames: {row}");
+        // a percentage, or null when the story has no pronoun
+        let p = &row["char_acc_pronoun_frames"];
+        assert!(
+            p.is_null() || (0.0..=100.0).contains(&p.as_f64().unwrap()),
+            "{row}"
+        );
+    }
     assert!(out.join("stories.png").is_file());
 
     let (ok, _, stderr) = storygpt(&args("ldm-names,ldm-names", "val"));

@@ -29,7 +29,9 @@ pub struct EvalStoryArgs {
     /// settings without looking at the test stories.
     #[arg(long, default_value = "test")]
     pub split: String,
-    /// The rows to draw, comma-separated (default: all three, in the paper's order).
+    /// The rows to draw, comma-separated (default: the paper's three, in its order).
+    /// `pipeline-names`, the pipeline fed the captions with names, is a diagnostic row: with
+    /// `pipeline` it separates pronoun resolution from alignment.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub rows: Vec<StoryRowKind>,
     /// Output folder: `table.md`, `metrics.json`, `stories.png`.
