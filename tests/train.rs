@@ -830,3 +830,41 @@ fn story_pipeline_on_tiny_models(ldm: &Path, head: &Path, tmp: &Path) {
         "{e}"
     );
 }
+
+/// Every committed run config parses with the run-config type of the command that takes it
+/// (all of them reject unknown keys) and its `[train]` values pass `TrainConfig::validate`; a
+/// config whose name matches no command is itself a failure, so a new one cannot go unchecked.
+#[test]
+fn every_committed_run_config_parses() {
+    use storygpt::train::config::read_toml;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/storyworld");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
+        let kind = stem.split('-').next().unwrap();
+        let train = match kind {
+            "clip" => read_toml::<ClipRunConfig>(&path).map(|c| c.train),
+            "vae" => read_toml::<VaeRunConfig>(&path).map(|c| c.train),
+            "lm" => read_toml::<LmRunConfig>(&path).map(|c| c.train),
+            "ldm" => read_toml::<CharLdmRunConfig>(&path).map(|c| c.train),
+            "stage2" => read_toml::<Stage2RunConfig>(&path).map(|c| c.train),
+            other => panic!(
+                "{}: no run command for configs named `{other}-*`",
+                path.display()
+            ),
+        };
+        let train = train.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        train
+            .validate()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        checked.push(stem);
+    }
+    checked.sort();
+    for expected in ["clip", "vae", "lm", "ldm", "stage2"] {
+        assert!(checked.iter().any(|c| c == expected), "{checked:?}");
+    }
+}
