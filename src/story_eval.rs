@@ -208,15 +208,17 @@ pub fn evaluate_stories<B: Backend + 'static>(
             let t0 = Instant::now();
             let prompts = match kind {
                 StoryRowKind::Pipeline | StoryRowKind::PipelineNames => {
-                    let sentences = if *kind == StoryRowKind::Pipeline {
-                        refs.clone()
+                    let named: Vec<String>;
+                    let sentences: &[String] = if *kind == StoryRowKind::Pipeline {
+                        &refs
                     } else {
-                        story
+                        named = story
                             .iter()
                             .map(|id| Ok(dataset.annotation(id)?.caption_for_image(0).to_string()))
-                            .collect::<Result<Vec<_>>>()?
+                            .collect::<Result<Vec<_>>>()?;
+                        &named
                     };
-                    let drawn = pipe.visualize(&sentences, &story_opts, &mut |_, _| {})?;
+                    let drawn = pipe.visualize(sentences, &story_opts, &mut |_, _| {})?;
                     rows[row].extend(drawn.into_iter().map(|f| f.image));
                     seconds[row] += t0.elapsed().as_secs_f64();
                     continue;
