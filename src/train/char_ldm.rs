@@ -59,6 +59,7 @@ use storygpt_models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionM
 
 use super::clip::{CLIP_MEAN, CLIP_STD};
 use super::data::{EpochSampler, normal};
+use super::latents::{LatentCache, add_training_noise};
 use super::{Metrics, Stage};
 
 /// Padded caption ids `[n, len]` and, per caption, the marked (character-name) positions.
@@ -707,9 +708,8 @@ pub struct CharLdmStage<B: AutodiffBackend> {
     frames: Stage1Frames,
     batcher: Stage1Batcher,
     sampler: EpochSampler,
-    /// Cached posterior `(mean, std)` of every training frame's latent, by frame id.
-    latents: std::collections::HashMap<String, (Vec<f32>, Vec<f32>)>,
-    latent_shape: [usize; 3],
+    /// Cached posteriors of every training frame's latent.
+    latents: LatentCache,
     alphas: Vec<f64>,
     loss: CharLdmLossConfig,
     layers: Vec<String>,
@@ -773,26 +773,6 @@ pub fn judge_frames<B: Backend>(
 }
 
 impl<B: AutodiffBackend> CharLdmStage<B> {
-    /// The latents `scaling · (μ + σ ε₀)` of a batch, from the cache.
-    fn latents(&self, ids: &[String], rng: &mut ChaCha8Rng) -> Result<Tensor<B, 4>> {
-        let [c, h, w] = self.latent_shape;
-        let mut data = Vec::with_capacity(ids.len() * c * h * w);
-        for id in ids {
-            let (mu, std) = self
-                .latents
-                .get(id)
-                .ok_or_else(|| Error::InvalidInput(format!("no cached latent for frame {id}")))?;
-            for (m, s) in mu.iter().zip(std) {
-                let e: f32 = rand_distr::Distribution::sample(&rand_distr::StandardNormal, rng);
-                data.push((m + s * e) * self.frozen.scaling_factor as f32);
-            }
-        }
-        Ok(Tensor::from_data(
-            TensorData::new(data, [ids.len(), c, h, w]),
-            &self.device,
-        ))
-    }
-
     fn make_batch(&mut self, rng: &mut ChaCha8Rng) -> Result<Stage1Batch<B>> {
         let epoch = self.sampler.epoch;
         let idx = self.sampler.next(self.batch_size);
@@ -818,25 +798,8 @@ impl<B: AutodiffBackend> CharLdmStage<B> {
         batch: &Stage1Batch<B>,
         rng: &mut ChaCha8Rng,
     ) -> Result<ObjectiveParts<B>> {
-        let n = batch.ids.len();
-        let z = self.latents(&batch.ids, rng)?;
-        let eps = normal::<B, 4>(rng, z.dims(), &self.device);
-        let ts: Vec<usize> = (0..n)
-            .map(|_| rng.random_range(0..self.alphas.len()))
-            .collect();
-        let coef = |f: &dyn Fn(f64) -> f64| {
-            Tensor::<B, 1>::from_data(
-                TensorData::new(
-                    ts.iter()
-                        .map(|&t| f(self.alphas[t]) as f32)
-                        .collect::<Vec<_>>(),
-                    [n],
-                ),
-                &self.device,
-            )
-            .reshape([n, 1, 1, 1])
-        };
-        let noisy = z * coef(&|a| a.sqrt()) + eps.clone() * coef(&|a| (1.0 - a).sqrt());
+        let z = self.latents.sample(&batch.ids, rng, &self.device)?;
+        let (noisy, eps, t) = add_training_noise(z, &self.alphas, rng, &self.device);
         let text =
             Tensor::<B, 3>::from_inner(self.frozen.encode_text(batch.input_ids.clone().inner()));
         let valid_b = batch.image_token_idx_mask.clone();
@@ -845,10 +808,6 @@ impl<B: AutodiffBackend> CharLdmStage<B> {
             batch.image_token_idx.clone(),
             valid_b,
             batch.object_pixel_values.clone(),
-        );
-        let t = Tensor::<B, 1>::from_data(
-            TensorData::new(ts.iter().map(|&t| t as f32).collect::<Vec<_>>(), [n]),
-            &self.device,
         );
         let mut capture = AttentionCapture::new(if self.loss.reg_weight > 0.0 {
             self.layers.clone()
@@ -935,7 +894,7 @@ impl<B: AutodiffBackend> Stage<B> for CharLdmStage<B> {
             model,
             &self.frozen,
             &self.val,
-            self.latent_shape,
+            self.latents.shape(),
             self.crop_size,
             step,
             run,
@@ -1260,8 +1219,7 @@ pub fn train_char_ldm<B: AutodiffBackend>(
         .train_frames
         .map_or(frames.len(), |l| l.min(frames.len()));
     // 1. cache the VAE posteriors of the training frames
-    let mut latents = std::collections::HashMap::new();
-    let mut latent_shape = [0; 3];
+    let mut latents = LatentCache::new(frozen.scaling_factor);
     let bar = indicatif::ProgressBar::new(n_frames as u64);
     bar.set_message("caching VAE latents");
     for start in (0..n_frames).step_by(64) {
@@ -1269,42 +1227,9 @@ pub fn train_char_ldm<B: AutodiffBackend>(
         let items: Vec<_> = (start..end)
             .map(|i| frames.load(i))
             .collect::<Result<_>>()?;
-        let x = super::data::images_to_tensor::<B::InnerBackend>(
-            items
-                .iter()
-                .map(|it| &it.image)
-                .map(|im| super::data::resize(im, res))
-                .collect::<Vec<_>>()
-                .iter(),
-            res,
-            inner_dev,
-        );
-        let post = frozen.vae.encode(x);
-        let [_, c, h, w] = post.mean.dims();
-        latent_shape = [c, h, w];
-        let mu: Vec<f32> = post
-            .mean
-            .clone()
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .unwrap_or_default();
-        let sd: Vec<f32> = post
-            .std()
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .unwrap_or_default();
-        let per = c * h * w;
-        for (k, it) in items.iter().enumerate() {
-            latents.insert(
-                it.id.clone(),
-                (
-                    mu[k * per..(k + 1) * per].to_vec(),
-                    sd[k * per..(k + 1) * per].to_vec(),
-                ),
-            );
-        }
+        let ids: Vec<String> = items.iter().map(|it| it.id.clone()).collect();
+        let images: Vec<RgbImage> = items.into_iter().map(|it| it.image).collect();
+        latents.encode(&frozen.vae, &ids, &images, res, inner_dev)?;
         bar.inc((end - start) as u64);
     }
     bar.finish_and_clear();
@@ -1348,7 +1273,6 @@ pub fn train_char_ldm<B: AutodiffBackend>(
         frames,
         batcher,
         latents,
-        latent_shape,
         alphas: alphas_cumprod(),
         loss: cfg.loss.clone(),
         layers,

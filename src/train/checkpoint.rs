@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use storygpt_core::{Error, Result};
 
 /// One logged training step.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LossPoint {
     /// Optimizer step (1-based: after this many updates).
     pub step: usize,
@@ -34,6 +34,10 @@ pub struct LossPoint {
     /// Gradient norm before clipping.
     #[serde(with = "exact_f64")]
     pub grad_norm: f64,
+    /// The stage's named loss terms of the step (mean over micro-batches), e.g. stage 2's
+    /// `ce`, `align_l2` and `diffusion`. Checkpoints written before they were kept have none.
+    #[serde(default, with = "exact_f64_map")]
+    pub terms: std::collections::BTreeMap<String, f64>,
 }
 
 /// f64 stored in `state.json` as its shortest round-trip decimal string. serde_json's default

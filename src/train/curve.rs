@@ -135,9 +135,23 @@ pub fn write_curves(
     losses: &[LossPoint],
     validations: &[ValPoint],
 ) -> Result<()> {
-    let mut csv = String::from("step,loss,lr,grad_norm\n");
+    // the stage's loss terms as extra columns (every key any step logged, sorted)
+    let terms: std::collections::BTreeSet<&String> =
+        losses.iter().flat_map(|p| p.terms.keys()).collect();
+    let mut csv = String::from("step,loss,lr,grad_norm");
+    for k in &terms {
+        csv += &format!(",{k}");
+    }
+    csv += "\n";
     for p in losses {
-        csv += &format!("{},{},{},{}\n", p.step, p.loss, p.lr, p.grad_norm);
+        csv += &format!("{},{},{},{}", p.step, p.loss, p.lr, p.grad_norm);
+        for k in &terms {
+            csv += ",";
+            if let Some(v) = p.terms.get(*k) {
+                csv += &v.to_string();
+            }
+        }
+        csv += "\n";
     }
     storygpt_core::fs::write_atomic(run.join("losses.csv"), csv.as_bytes())?;
     if !validations.is_empty() {

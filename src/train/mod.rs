@@ -32,6 +32,7 @@ pub mod curve;
 pub mod data;
 pub mod embeddings;
 pub mod export;
+pub mod latents;
 pub mod lm;
 pub mod optim;
 pub mod stage2;
@@ -227,8 +228,12 @@ where
         // 1. micro-batches
         let mut grads = GradientsParams::new();
         let mut loss_sum = 0.0;
+        let mut terms = Metrics::new();
         for _ in 0..cfg.grad_accumulation {
-            let (loss, _metrics) = stage.loss(&model, &mut rng)?;
+            let (loss, metrics) = stage.loss(&model, &mut rng)?;
+            for (k, v) in metrics {
+                *terms.entry(k).or_insert(0.0) += v / cfg.grad_accumulation as f64;
+            }
             let value: f64 = loss.clone().into_scalar().elem();
             if !value.is_finite() {
                 return Err(Error::NonFinite {
@@ -268,6 +273,7 @@ where
             loss,
             lr,
             grad_norm,
+            terms: terms.clone(),
         });
         bar.set_position(state.step as u64);
         bar.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
@@ -281,8 +287,9 @@ where
             let done = (state.step - steps_at_start).max(1) as f64;
             let rate = done / elapsed.max(1e-9);
             let eta = (cfg.steps - state.step) as f64 / rate.max(1e-9);
+            let terms: String = terms.iter().map(|(k, v)| format!(" {k} {v:.4}")).collect();
             eprintln!(
-                "[{}] step {}/{} loss {loss:.4} lr {lr:.2e} grad-norm {grad_norm:.3} | {rate:.2} steps/s, ETA {:.1} min",
+                "[{}] step {}/{} loss {loss:.4}{terms} lr {lr:.2e} grad-norm {grad_norm:.3} | {rate:.2} steps/s, ETA {:.1} min",
                 stage.name(),
                 state.step,
                 cfg.steps,
@@ -296,6 +303,7 @@ where
                 loss,
                 lr,
                 grad_norm,
+                terms = ?terms,
                 "train"
             );
         }
