@@ -235,6 +235,20 @@ fn first_last(run: &Path, k: usize) -> (f64, f64) {
     )
 }
 
+/// A named column of a run's `losses.csv`.
+fn column(run: &Path, name: &str) -> Vec<f64> {
+    let csv = std::fs::read_to_string(run.join("losses.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let at = header
+        .iter()
+        .position(|h| *h == name)
+        .unwrap_or_else(|| panic!("no column {name} in {header:?}"));
+    lines
+        .map(|l| l.split(',').nth(at).unwrap().parse().unwrap())
+        .collect()
+}
+
 #[test]
 fn every_stage_trains_on_tiny_configs_and_its_loss_goes_down() {
     let tmp = tempfile::tempdir().unwrap();
@@ -552,6 +566,75 @@ fn every_stage_trains_on_tiny_configs_and_its_loss_goes_down() {
             "[IMG] row norm {n} vs {mean}"
         );
     }
+
+    // stage 2 continued from that head under the original v2's diffusion loss through the
+    // frozen Char-LDM UNet: it starts where the run ended, logs and validates the diffusion
+    // term, and selects by L2 + diffusion
+    let s2d_run = tmp.path().join("stage2_diffusion");
+    let mut dcfg = s2.clone();
+    dcfg.components.init_from = Some(s2_run.join("model"));
+    dcfg.components.ldm = Some(ldm_run.join("model"));
+    dcfg.loss.diffusion_weight = 1.0;
+    dcfg.train.steps = 6;
+    dcfg.train.validate_every = 3;
+    dcfg.train.checkpoint_every = 6;
+    let r = train_stage2::<AD>(&dcfg, &opts(&s2d_run, false, None), &dev).unwrap();
+    assert!(r.finished && r.steps == 6, "{r:?}");
+    let val_diffusion = r.metrics["val_diffusion"];
+    assert!(val_diffusion.is_finite() && val_diffusion > 0.0, "{r:?}");
+    assert!(r.metrics["val_diffusion_fused"] > 0.0, "{r:?}");
+    assert!(
+        (r.metrics["val_objective"] - (r.metrics["val_align_l2"] + val_diffusion)).abs() < 1e-12,
+        "{r:?}"
+    );
+    let diffusion = column(&s2d_run, "diffusion");
+    assert!(
+        diffusion.len() == 6 && diffusion.iter().all(|d| d.is_finite() && *d > 0.0),
+        "{diffusion:?}"
+    );
+    let fresh_l2 = column(&s2_run, "align_l2");
+    let cont_l2 = column(&s2d_run, "align_l2");
+    assert!(
+        cont_l2[0] < fresh_l2[0],
+        "the continued run starts at L2 {}, the fresh one started at {}",
+        cont_l2[0],
+        fresh_l2[0]
+    );
+    // the diffusion loss alone reaches the trained parts through the frozen UNet
+    let only = tmp.path().join("stage2_diffusion_only");
+    let mut ocfg = dcfg.clone();
+    ocfg.loss.ce_weight = 0.0;
+    ocfg.loss.align_weight = 0.0;
+    ocfg.train.steps = 2;
+    ocfg.train.validate_every = 2;
+    ocfg.train.checkpoint_every = 2;
+    train_stage2::<AD>(&ocfg, &opts(&only, false, None), &dev).unwrap();
+    let grad_norms = column(&only, "grad_norm");
+    assert!(grad_norms.iter().all(|g| *g > 0.0), "{grad_norms:?}");
+    // a diffusion loss with no Char-LDM, and a head of other sizes, are refused by name
+    let mut no_ldm = dcfg.clone();
+    no_ldm.components.ldm = None;
+    let err = train_stage2::<AD>(
+        &no_ldm,
+        &opts(&tmp.path().join("s2_bad1"), false, None),
+        &dev,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("diffusion_weight") && err.contains("ldm"),
+        "{err}"
+    );
+    let mut other = dcfg.clone();
+    other.model.mapper.d_model = 32;
+    let err = train_stage2::<AD>(
+        &other,
+        &opts(&tmp.path().join("s2_bad2"), false, None),
+        &dev,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("init_from") && err.contains("mapper"), "{err}");
 
     // inference: the trained pieces as one pipeline
     story_pipeline_on_tiny_models(&ldm_run.join("model"), &s2_run.join("model"), tmp.path());

@@ -102,7 +102,10 @@ pub fn llm<B: Backend>(a: &TrainArgs, device: &B::Device) -> Result<()> {
     let cfg: crate::train::stage2::Stage2RunConfig = read_toml(&a.config)?;
     let r = crate::train::stage2::train_stage2::<Autodiff<B>>(&cfg, &a.options(), device)?;
     report(&a.out, r.finished, r.steps, r.seconds);
-    println!("best validation L2 {:.4}", r.best_align_l2);
+    println!(
+        "best head: validation L2 {:.4}, validation objective {:.4}",
+        r.best_align_l2, r.best_score
+    );
     print_metrics(&r.metrics);
     Ok(())
 }

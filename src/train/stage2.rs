@@ -22,21 +22,35 @@
 //! (`train_llm_v2.py:625-630`). The CLIP vision tower is frozen, so each frame's features are
 //! computed once at the start.
 //!
-//! Validation: the mean L2 and CE over every (story, target ≥ 1) of the validation split; the
-//! head with the best validation L2 is exported to `RUN/best/` (and becomes `RUN/model/` at the
-//! end), as the original keeps the best checkpoint.
+//! Optionally (`[loss] diffusion_weight > 0`), the original v2's objective joins them: the
+//! target frame's VAE latent is noised at `t ~ U[0, 1000)` and the **frozen** Char-LDM UNet
+//! (`[components] ldm`), conditioned on the mapped `ĉ`, must predict the noise; its MSE flows
+//! back through the UNet into the mapper, the `[IMG]` rows and the visual projection. Unlike the
+//! original v2 (`train_llm_v2.py:580`, pixels 0..255), the frame enters the VAE in `[-1, 1]`,
+//! and the L2 term stays in the objective unless `align_weight = 0`. The VAE posteriors of all
+//! frames are cached once at the start ([`super::latents`]).
+//!
+//! `[components] init_from` starts from a trained head folder (sizes must match) instead of
+//! random weights: a run can continue an exported head under another objective.
+//!
+//! Validation: the mean L2 and CE over every (story, target ≥ 1) of the validation split, and
+//! with the diffusion loss on, its mean over the same targets under noise drawn from a fixed seed
+//! (the same draws at every validation, so checkpoints are compared on equal terms). The head
+//! with the best validation objective (`align_weight · L2`, plus `diffusion_weight · diffusion`
+//! when on) is exported to `RUN/best/` (and becomes `RUN/model/` at the end), as the original
+//! keeps the best checkpoint.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use burn::module::{Module, Param};
+use burn::module::{AutodiffModule, Module, Param};
 use burn::nn::Linear;
 use burn::optim::GradientsParams;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Device, ElementConversion, Int, Tensor, TensorData};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use storygpt_core::traits::{ImageEncoder, LlmBackbone, mask_frozen_rows, rescale_new_rows};
@@ -49,10 +63,12 @@ use storygpt_models::clip::ClipVisionModel;
 use storygpt_models::gill_mapper::{GillMapper, GillMapperConfig};
 use storygpt_models::llm_tokenizer::LlmTokenizer;
 use storygpt_models::story_head::{StoryHead, StoryHeadConfig};
+use storygpt_models::unet_2d_condition::UNet2DConditionModel;
 
 use super::clip::{CLIP_MEAN, CLIP_STD};
 use super::data::EpochSampler;
 use super::embeddings::FusedEmbeddings;
+use super::latents::{LatentCache, add_training_noise};
 use super::{Metrics, Stage};
 
 /// What stage 2 optimizes: the LLM (frozen but for its `[IMG]` rows), the visual projection and
@@ -90,6 +106,11 @@ pub struct Stage2LossConfig {
     /// Weight of the L2 alignment (1.0).
     #[serde(default = "one")]
     pub align_weight: f64,
+    /// Weight of the diffusion loss through the frozen Char-LDM UNet of `[components] ldm`
+    /// (the original v2's objective, with the frame normalised); 0 leaves it out (the default,
+    /// the original v1 and the paper).
+    #[serde(default)]
+    pub diffusion_weight: f64,
 }
 
 fn half() -> f64 {
@@ -104,6 +125,7 @@ impl Default for Stage2LossConfig {
         Self {
             ce_weight: 0.5,
             align_weight: 1.0,
+            diffusion_weight: 0.0,
         }
     }
 }
@@ -126,9 +148,14 @@ pub struct Stage2Components {
     pub llm: PathBuf,
     /// The CLIP folder whose vision tower encodes history frames.
     pub visual_encoder: PathBuf,
-    /// The Char-LDM folder the embeddings came from (recorded in the export).
+    /// The Char-LDM folder the embeddings came from (recorded in the export); its UNet and
+    /// VAE serve the diffusion loss when `[loss] diffusion_weight > 0`.
     #[serde(default)]
     pub ldm: Option<PathBuf>,
+    /// A stage-2 head folder to start from instead of random weights (its sizes, `[IMG]`
+    /// tokens and LLM vocabulary must be this run's).
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
 }
 
 /// `[model]`.
@@ -469,6 +496,37 @@ fn forward<B: Backend>(
     })
 }
 
+/// The diffusion loss's frozen parts: the Char-LDM UNet (no parameter trains; the gradient
+/// reaches the conditioning through it) and the cached VAE posteriors of every frame.
+pub struct DiffusionObjective<B: Backend> {
+    /// The frozen denoiser.
+    pub unet: UNet2DConditionModel<B>,
+    /// Posteriors of the frames that can be targets.
+    pub latents: LatentCache,
+    /// `ᾱ_t` of the training noise schedule (SD 1.x's, as Char-LDM trained).
+    pub alphas_cumprod: Vec<f64>,
+}
+
+/// `‖ε̂(x_t, t, ĉ) − ε‖²` averaged over the batch: the target frames `ids` noised at random
+/// timesteps and denoised by `unet` under the mapped `conditioning`.
+pub fn diffusion_loss<B: Backend>(
+    unet: &UNet2DConditionModel<B>,
+    latents: &LatentCache,
+    alphas_cumprod: &[f64],
+    conditioning: Tensor<B, 3>,
+    ids: &[String],
+    rng: &mut ChaCha8Rng,
+    device: &Device<B>,
+) -> Result<Tensor<B, 1>> {
+    let z = latents.sample::<B>(ids, rng, device)?;
+    let (noisy, eps, t) = add_training_noise(z, alphas_cumprod, rng, device);
+    let pred = unet.forward(noisy, t, conditioning);
+    Ok((pred - eps).powf_scalar(2.0).mean())
+}
+
+/// The seed of the validation noise: every validation draws the same latents, noise and steps.
+const VALIDATION_NOISE_SEED: u64 = 0x5707_9697;
+
 /// Writes the best head when validation improves.
 type HeadExporter<B> = Box<dyn Fn(&Stage2Model<B>, &Metrics, usize) -> Result<()>>;
 
@@ -487,9 +545,11 @@ pub struct Stage2Stage<B: AutodiffBackend> {
     embedding_id: burn::module::ParamId,
     frozen_rows: Tensor<B, 2>,
     loss: Stage2LossConfig,
+    diffusion: Option<DiffusionObjective<B>>,
     m: usize,
     first_target: usize,
-    best_l2: f64,
+    /// The best validation objective so far (see the module docs).
+    best_score: f64,
     /// Step and validation metrics of the best head so far.
     best: Option<(usize, Metrics)>,
     export: HeadExporter<B::InnerBackend>,
@@ -531,7 +591,23 @@ impl<B: AutodiffBackend> Stage<B> for Stage2Stage<B> {
             "align_l2".into(),
             parts.align.clone().into_scalar().elem::<f64>(),
         );
-        let loss = parts.ce * self.loss.ce_weight + parts.align * self.loss.align_weight;
+        let mut loss = parts.ce * self.loss.ce_weight + parts.align * self.loss.align_weight;
+        if let Some(d) = &self.diffusion {
+            let diffusion = diffusion_loss(
+                &d.unet,
+                &d.latents,
+                &d.alphas_cumprod,
+                parts.conditioning,
+                &host.target_ids,
+                rng,
+                &self.device,
+            )?;
+            metrics.insert(
+                "diffusion".into(),
+                diffusion.clone().into_scalar().elem::<f64>(),
+            );
+            loss = loss + diffusion * self.loss.diffusion_weight;
+        }
         Ok((loss, metrics))
     }
 
@@ -557,7 +633,13 @@ impl<B: AutodiffBackend> Stage<B> for Stage2Stage<B> {
         step: usize,
         _run: &Path,
     ) -> Result<Metrics> {
-        let metrics = validation_metrics(
+        let unet = self.diffusion.as_ref().map(|d| d.unet.valid());
+        let diffusion = self
+            .diffusion
+            .as_ref()
+            .zip(unet.as_ref())
+            .map(|(d, unet)| (unet, &d.latents, d.alphas_cumprod.as_slice()));
+        let mut metrics = validation_metrics(
             model,
             &self.batcher,
             self.pad,
@@ -567,17 +649,16 @@ impl<B: AutodiffBackend> Stage<B> for Stage2Stage<B> {
             &self.features,
             self.visual_dim,
             &self.targets,
+            diffusion,
             &self.device,
         )?;
-        let l2 = metrics
-            .get("val_align_l2")
-            .copied()
-            .unwrap_or(f64::INFINITY);
-        if l2 < self.best_l2 {
-            self.best_l2 = l2;
+        let score = validation_score(&metrics, &self.loss);
+        metrics.insert("val_objective".into(), score);
+        if score < self.best_score {
+            self.best_score = score;
             self.best = Some((step, metrics.clone()));
             (self.export)(model, &metrics, step)?;
-            tracing::info!(val_align_l2 = l2, "new best stage-2 head exported");
+            tracing::info!(val_objective = score, "new best stage-2 head exported");
         }
         Ok(metrics)
     }
@@ -585,7 +666,7 @@ impl<B: AutodiffBackend> Stage<B> for Stage2Stage<B> {
     fn data_state(&self) -> serde_json::Value {
         serde_json::json!({
             "sampler": self.sampler.state(),
-            "best_l2": self.best_l2,
+            "best_score": self.best_score,
             "best_step": self.best.as_ref().map(|b| b.0),
             "best_metrics": self.best.as_ref().map(|b| &b.1),
         })
@@ -593,17 +674,43 @@ impl<B: AutodiffBackend> Stage<B> for Stage2Stage<B> {
 
     fn restore_data_state(&mut self, state: &serde_json::Value) -> Result<()> {
         self.sampler.restore(&state["sampler"])?;
-        self.best_l2 = state["best_l2"].as_f64().unwrap_or(f64::INFINITY);
+        // checkpoints before the diffusion loss named the score after the L2 it then was
+        self.best_score = state["best_score"]
+            .as_f64()
+            .or_else(|| state["best_l2"].as_f64())
+            .unwrap_or(f64::INFINITY);
         // checkpoints before the card fix hold no best step: the card then says step 0
         let step = state["best_step"].as_u64().unwrap_or(0) as usize;
         let metrics: Metrics =
             serde_json::from_value(state["best_metrics"].clone()).unwrap_or_default();
-        self.best = self.best_l2.is_finite().then_some((step, metrics));
+        self.best = self.best_score.is_finite().then_some((step, metrics));
         Ok(())
     }
 }
 
-/// Mean L2 and CE over every (story, target ≥ 1) of `stories`.
+/// What selects the best head: `align_weight · val_align_l2`, plus
+/// `diffusion_weight · val_diffusion` when the diffusion loss is on; the L2 alone when neither
+/// weight says otherwise (the original's criterion).
+fn validation_score(metrics: &Metrics, loss: &Stage2LossConfig) -> f64 {
+    let l2 = metrics
+        .get("val_align_l2")
+        .copied()
+        .unwrap_or(f64::INFINITY);
+    match metrics.get("val_diffusion") {
+        Some(d) if loss.diffusion_weight > 0.0 => {
+            loss.align_weight * l2 + loss.diffusion_weight * d
+        }
+        _ => l2,
+    }
+}
+
+/// The frozen UNet, the latents and `ᾱ` for the validation diffusion loss.
+type ValDiffusion<'a, B> = (&'a UNet2DConditionModel<B>, &'a LatentCache, &'a [f64]);
+
+/// Mean L2 and CE over every (story, target ≥ 1) of `stories`, and, when `diffusion` is
+/// given, the mean diffusion loss under [`VALIDATION_NOISE_SEED`] (`val_diffusion`) and under
+/// the same draws with the fused targets as conditioning (`val_diffusion_fused`: the value a
+/// mapper that hit its targets exactly would reach).
 #[allow(clippy::too_many_arguments)]
 fn validation_metrics<B: Backend>(
     model: &Stage2Model<B>,
@@ -615,8 +722,11 @@ fn validation_metrics<B: Backend>(
     features: &HashMap<String, Vec<f32>>,
     visual_dim: usize,
     targets: &FusedEmbeddings,
+    diffusion: Option<ValDiffusion<'_, B>>,
     device: &Device<B>,
 ) -> Result<Metrics> {
+    let mut rng = ChaCha8Rng::seed_from_u64(VALIDATION_NOISE_SEED);
+    let (mut diff, mut diff_fused) = (0.0, 0.0);
     let pairs: Vec<(&StoryItem, usize)> = stories
         .iter()
         .flat_map(|s| (first_target..s.ids.len()).map(move |t| (s, t)))
@@ -626,6 +736,31 @@ fn validation_metrics<B: Backend>(
         let host = assemble(batcher, pad, m, chunk)?;
         let parts = forward(model, &host, features, visual_dim, targets, device)?;
         let k = chunk.len();
+        if let Some((unet, latents, alphas)) = diffusion {
+            // the same draws under the fused target itself: what a perfect mapper would score
+            let mut same_draws = rng.clone();
+            let fused = targets.batch::<B>(&host.target_ids, device)?;
+            let f = diffusion_loss(
+                unet,
+                latents,
+                alphas,
+                fused,
+                &host.target_ids,
+                &mut same_draws,
+                device,
+            )?;
+            diff_fused += f.into_scalar().elem::<f64>() * k as f64;
+            let d = diffusion_loss(
+                unet,
+                latents,
+                alphas,
+                parts.conditioning,
+                &host.target_ids,
+                &mut rng,
+                device,
+            )?;
+            diff += d.into_scalar().elem::<f64>() * k as f64;
+        }
         ce += parts.ce.into_scalar().elem::<f64>() * k as f64;
         l2 += parts.align.into_scalar().elem::<f64>() * k as f64;
         n += k;
@@ -634,6 +769,10 @@ fn validation_metrics<B: Backend>(
     out.insert("val_ce".into(), ce / n.max(1) as f64);
     out.insert("val_align_l2".into(), l2 / n.max(1) as f64);
     out.insert("val_targets".into(), n as f64);
+    if diffusion.is_some() {
+        out.insert("val_diffusion".into(), diff / n.max(1) as f64);
+        out.insert("val_diffusion_fused".into(), diff_fused / n.max(1) as f64);
+    }
     Ok(out)
 }
 
@@ -646,8 +785,10 @@ pub struct Stage2Report {
     pub finished: bool,
     /// Last validation metrics.
     pub metrics: Metrics,
-    /// Best validation L2 (the exported head's).
+    /// Validation L2 of the exported (best) head.
     pub best_align_l2: f64,
+    /// Its validation objective, which selected it (see the module docs).
+    pub best_score: f64,
     /// Training seconds.
     pub seconds: f64,
 }
@@ -750,7 +891,22 @@ pub fn train_stage2<B: AutodiffBackend>(
     };
     B::seed(device, cfg.train.seed);
     let head = head_cfg.init::<B>(device)?;
-    // The [IMG] rows start from the head's random rows, rescaled to the frozen rows' mean norm.
+    let head = match &cfg.components.init_from {
+        Some(dir) => init_head_from::<B>(dir, &head_cfg, device)?,
+        None => head,
+    };
+    let diffusion = if cfg.loss.diffusion_weight > 0.0 {
+        Some(diffusion_objective::<B>(
+            cfg,
+            dataset.as_ref(),
+            &all_ids,
+            [lc, dc],
+            device,
+        )?)
+    } else {
+        None
+    };
+    // The [IMG] rows start from the head's rows (random, or `init_from`'s), rescaled to the frozen rows' mean norm.
     let table = lm.input_embeddings().val();
     let frozen_rows = table.clone().slice([0..base_vocab, 0..d_llm]).detach();
     let fresh = Tensor::cat(vec![frozen_rows.clone(), head.img_embeddings.val()], 0);
@@ -794,9 +950,10 @@ pub fn train_stage2<B: AutodiffBackend>(
         embedding_id,
         frozen_rows,
         loss: cfg.loss.clone(),
+        diffusion,
         m: cfg.model.n_visual_tokens,
         first_target: usize::from(!cfg.model.first_frame_targets),
-        best_l2: f64::INFINITY,
+        best_score: f64::INFINITY,
         best: None,
         export,
         device: device.clone(),
@@ -841,8 +998,114 @@ pub fn train_stage2<B: AutodiffBackend>(
         steps: out.state.step,
         finished: out.finished,
         metrics,
-        best_align_l2: stage.best_l2,
+        best_align_l2: stage
+            .best
+            .as_ref()
+            .and_then(|(_, m)| m.get("val_align_l2").copied())
+            .unwrap_or(f64::INFINITY),
+        best_score: stage.best_score,
         seconds: out.state.seconds,
+    })
+}
+
+/// Loads the head folder `dir` to start a run, after checking it has this run's sizes.
+fn init_head_from<B: Backend>(
+    dir: &Path,
+    want: &StoryHeadConfig,
+    device: &Device<B>,
+) -> Result<StoryHead<B>> {
+    let (head, have) = StoryHead::<B>::from_pretrained(dir, device)?;
+    let mismatch = |key: &str, have: String, want: String| Error::InvalidConfig {
+        path: Some(dir.join("config.json")),
+        message: format!("`init_from`: the head's `{key}` is {have}, this run's is {want}"),
+    };
+    let pairs = [
+        (
+            "n_visual_tokens",
+            have.n_visual_tokens,
+            want.n_visual_tokens,
+        ),
+        (
+            "base_vocab_size",
+            have.base_vocab_size,
+            want.base_vocab_size,
+        ),
+        ("visual_dim", have.visual_dim, want.visual_dim),
+        ("llm_dim", have.llm_dim, want.llm_dim),
+    ];
+    for (key, h, w) in pairs {
+        if h != w {
+            return Err(mismatch(key, h.to_string(), w.to_string()));
+        }
+    }
+    if have.img_tokens != want.img_tokens {
+        return Err(mismatch(
+            "img_tokens",
+            format!("{:?}", have.img_tokens),
+            format!("{:?}", want.img_tokens),
+        ));
+    }
+    if have.mapper != want.mapper {
+        return Err(mismatch(
+            "mapper",
+            format!("{:?}", have.mapper),
+            format!("{:?}", want.mapper),
+        ));
+    }
+    Ok(head)
+}
+
+/// The frozen UNet of `[components] ldm` and the VAE posteriors of frames `ids`, for the
+/// diffusion loss. The UNet's conditioning must be the embeddings' `[l, d]`.
+fn diffusion_objective<B: AutodiffBackend>(
+    cfg: &Stage2RunConfig,
+    dataset: &dyn StoryDataset,
+    ids: &[String],
+    [l, d]: [usize; 2],
+    device: &Device<B>,
+) -> Result<DiffusionObjective<B>> {
+    let ldm = cfg.components.ldm.as_ref().ok_or_else(|| Error::InvalidConfig {
+        path: None,
+        message: "[loss] diffusion_weight > 0 needs [components] ldm, the Char-LDM folder whose UNet the loss runs through".into(),
+    })?;
+    let folder = super::char_ldm::load_char_ldm::<B::InnerBackend>(ldm, device)?;
+    let unet = UNet2DConditionModel::<B>::from_pretrained(ldm.join("unet"), device)?.no_grad();
+    let cross = storygpt_core::traits::Denoiser::cross_attention_dim(&unet);
+    if cross != d {
+        return Err(Error::InvalidConfig {
+            path: Some(ldm.join("unet").join("config.json")),
+            message: format!(
+                "the UNet's cross_attention_dim is {cross}, the stage-2 targets are [{l}, {d}]"
+            ),
+        });
+    }
+    let mut latents = LatentCache::new(folder.frozen.scaling_factor);
+    let bar = indicatif::ProgressBar::new(ids.len() as u64);
+    bar.set_message("caching VAE latents of the target frames");
+    for chunk in ids.chunks(64) {
+        let images = chunk
+            .iter()
+            .map(|id| Ok(dataset.load_image(id, 0)?.image))
+            .collect::<Result<Vec<_>>>()?;
+        latents.encode(
+            &folder.frozen.vae,
+            chunk,
+            &images,
+            folder.resolution,
+            device,
+        )?;
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    tracing::info!(
+        frames = latents.len(),
+        shape = ?latents.shape(),
+        "VAE latents cached for the diffusion loss"
+    );
+    Ok(DiffusionObjective {
+        unet,
+        latents,
+        alphas_cumprod: super::char_ldm::alphas_cumprod(),
     })
 }
 
@@ -856,11 +1119,13 @@ fn head_card(
 ) -> super::export::ModelCard {
     let (selected, seconds) = match run {
         Some((best, seconds)) => (
-            format!("The weights are those of step {best}, the best validation L2 of the run."),
+            format!(
+                "The weights are those of step {best}, the best validation objective of the run."
+            ),
             seconds,
         ),
         None => (
-            format!("A snapshot of step {step}, the best validation L2 so far."),
+            format!("A snapshot of step {step}, the best validation objective so far."),
             0.0,
         ),
     };
@@ -869,7 +1134,8 @@ fn head_card(
         description: format!(
             "What stage 2 trains on top of a frozen LLM: the visual projection (CLIP \
              pooler_output → 4 LLM tokens), the [IMG] input embeddings and the GILL mapper \
-             ([IMG] hidden states → Char-LDM conditioning), selected by validation L2. {selected}"
+             ([IMG] hidden states → Char-LDM conditioning), selected by the validation objective \
+             (the L2 alignment, plus the diffusion loss when it trains). {selected}"
         ),
         data: "see the config below".into(),
         steps: step,
