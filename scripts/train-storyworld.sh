@@ -12,6 +12,7 @@
 #   ldm       stage 1 Char-LDM    configs/storyworld/ldm.toml    (hours; see docs/training.md)
 #   embeddings  storygpt prepare-embeddings (runs/embeddings; the stage-2 targets)
 #   stage2    stage 2 LLM alignment configs/storyworld/stage2.toml
+#   stage2-diffusion  stage 2 continued under the diffusion loss configs/storyworld/stage2-diffusion.toml
 #   assemble  the embedded default: models/storyworld/{ldm,stage2} in bf16, the cast + model_index.json
 #
 # The stage-0 models this script made are committed under models/storyworld/{clip,vae,lm}; it
@@ -31,7 +32,7 @@ BACKEND="${STORYGPT_TRAIN_BACKEND:-tch}"
 # nothing measurable when the machine is otherwise idle.
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 STAGES=("$@")
-[[ ${#STAGES[@]} -eq 0 ]] && STAGES=(data clip vae lm ldm embeddings stage2 assemble)
+[[ ${#STAGES[@]} -eq 0 ]] && STAGES=(data clip vae lm ldm embeddings stage2 stage2-diffusion assemble)
 
 if [[ "$BACKEND" == "tch" ]]; then
     env_file=$(mktemp)
@@ -82,6 +83,7 @@ for stage in "${STAGES[@]}"; do
             # Resumes shard by shard when interrupted.
             "$BIN" prepare-embeddings --ldm runs/ldm/model --data data/world64 --out runs/embeddings ;;
         stage2) train stage2 train-llm configs/storyworld/stage2.toml ;;
+        stage2-diffusion) train stage2-diffusion train-llm configs/storyworld/stage2-diffusion.toml ;;
         assemble)
             # The embedded default: Char-LDM and the stage-2 head in bf16, sharing the stage-0
             # CLIP, VAE and LM (the text encoder and VAE of runs/ldm/model are copies of those).
@@ -99,7 +101,7 @@ index = json.load(open("runs/ldm/model/model_index.json"))
 index.update({"text_encoder": "../clip", "vae": "../vae"})
 json.dump(index, open(f"{out}/ldm/model_index.json", "w"), indent=2)
 PY
-            "$BIN" convert runs/stage2/model "$out/stage2"
+            "$BIN" convert runs/stage2-diffusion/model "$out/stage2"
             python3 - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]
@@ -125,6 +127,6 @@ json.dump({"ldm": "ldm", "head": "stage2", "cast": "cast",
           open(f"{out}/model_index.json", "w"), indent=2)
 PY
             du -sh "$out" ;;
-        *) echo "unknown stage '$stage' (data, clip, vae, lm, ldm, embeddings, stage2, assemble)" >&2; exit 2 ;;
+        *) echo "unknown stage '$stage' (data, clip, vae, lm, ldm, embeddings, stage2, stage2-diffusion, assemble)" >&2; exit 2 ;;
     esac
 done
