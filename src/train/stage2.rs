@@ -542,7 +542,6 @@ pub struct Stage2Stage<B: AutodiffBackend> {
     sampler: EpochSampler,
     batch_size: usize,
     base_vocab: usize,
-    embedding_id: burn::module::ParamId,
     frozen_rows: Tensor<B, 2>,
     loss: Stage2LossConfig,
     diffusion: Option<DiffusionObjective<B>>,
@@ -611,9 +610,13 @@ impl<B: AutodiffBackend> Stage<B> for Stage2Stage<B> {
         Ok((loss, metrics))
     }
 
-    fn edit_grads(&self, _model: &Self::Model, grads: &mut GradientsParams) {
-        if let Some(g) = grads.remove::<B::InnerBackend, 2>(self.embedding_id) {
-            grads.register(self.embedding_id, mask_frozen_rows(g, self.base_vocab));
+    fn edit_grads(&self, model: &Self::Model, grads: &mut GradientsParams) {
+        // The table's id is read off the model, not remembered from the start: parameter ids
+        // are random per process and a resumed run's model carries its checkpoint's ids, so a
+        // remembered id would miss the table and leave the frozen rows' gradient in the norm.
+        let id = model.lm.input_embeddings().id;
+        if let Some(g) = grads.remove::<B::InnerBackend, 2>(id) {
+            grads.register(id, mask_frozen_rows(g, self.base_vocab));
         }
     }
 
@@ -917,7 +920,6 @@ pub fn train_stage2<B: AutodiffBackend>(
     );
     let table = lm.input_embeddings().clone().set_require_grad(true);
     *lm.input_embeddings_mut() = table;
-    let embedding_id = lm.input_embeddings().id;
     let model = Stage2Model {
         lm,
         visual_embeddings: head.visual_embeddings,
@@ -947,7 +949,6 @@ pub fn train_stage2<B: AutodiffBackend>(
         targets,
         batch_size: cfg.train.batch_size,
         base_vocab,
-        embedding_id,
         frozen_rows,
         loss: cfg.loss.clone(),
         diffusion,
