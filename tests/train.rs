@@ -589,15 +589,35 @@ fn every_stage_trains_on_tiny_configs_and_its_loss_goes_down() {
     train_child("train-llm", &rcfg_file, &straight, &[]);
     train_child("train-llm", &rcfg_file, &resumed, &["--stop-after", "3"]);
     train_child("train-llm", &rcfg_file, &resumed, &["--resume"]);
-    assert_eq!(
+    // Bit for bit on flex. ndarray's (and libtorch's) kernels are not bit-reproducible across
+    // processes here (two straight ndarray runs differ in the 7th digit at step 1), so other
+    // backends compare every logged value within 1e-4 relative: the bug this guards against
+    // moved the step-4 gradient norm by 37 %.
+    let exact = cfg!(feature = "flex")
+        && !cfg!(any(feature = "ndarray", feature = "tch", feature = "cuda"));
+    let (a, b) = (
         std::fs::read_to_string(straight.join("losses.csv")).unwrap(),
-        std::fs::read_to_string(resumed.join("losses.csv")).unwrap()
+        std::fs::read_to_string(resumed.join("losses.csv")).unwrap(),
     );
-    assert!(
-        read(&straight.join("model/model.safetensors"))
-            == read(&resumed.join("model/model.safetensors")),
-        "the stage-2 head differs between the straight and the resumed run"
-    );
+    if exact {
+        assert_eq!(a, b);
+        assert!(
+            read(&straight.join("model/model.safetensors"))
+                == read(&resumed.join("model/model.safetensors")),
+            "the stage-2 head differs between the straight and the resumed run"
+        );
+    } else {
+        assert_eq!(a.lines().count(), b.lines().count(), "{a}\n{b}");
+        for (la, lb) in a.lines().zip(b.lines()).skip(1) {
+            for (x, y) in la.split(',').zip(lb.split(',')) {
+                let (x, y): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
+                assert!(
+                    (x - y).abs() <= 1e-4 * x.abs().max(y.abs()).max(1e-6),
+                    "straight {la} vs resumed {lb}"
+                );
+            }
+        }
+    }
 
     // stage 2 continued from that head under the original v2's diffusion loss through the
     // frozen Char-LDM UNet: it starts where the run ended, logs and validates the diffusion
