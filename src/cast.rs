@@ -53,20 +53,24 @@ struct CastEntry {
 }
 
 impl Cast {
-    /// The characters of `dataset` that have a readable portrait.
-    pub fn from_dataset(dataset: &dyn StoryDataset) -> Self {
+    /// The characters of `dataset` that have a portrait (a dataset without portraits, such as
+    /// FlintstonesSV's, gives an empty cast).
+    ///
+    /// # Errors
+    /// A portrait the manifest names that cannot be read or decoded, naming the file.
+    pub fn from_dataset(dataset: &dyn StoryDataset) -> Result<Self> {
         let characters = dataset
             .characters()
             .iter()
-            .filter_map(|c| {
-                let portrait = image::open(c.portrait.as_ref()?).ok()?.to_rgb8();
+            .zip(crate::train::char_ldm::portraits(dataset)?)
+            .filter_map(|(c, portrait)| {
                 Some(CastMember {
                     name: c.name.clone(),
-                    portrait,
+                    portrait: portrait?,
                 })
             })
             .collect();
-        Cast { characters }
+        Ok(Cast { characters })
     }
 
     /// Reads `dir/cast.json` and its portraits (paths relative to `dir`).
@@ -175,6 +179,32 @@ mod tests {
         // a name inside a longer word is not a name
         let p = cast().mark("Fredrik and Wilmas walk.");
         assert!(p.portraits.is_empty() && p.marked_caption == p.caption);
+    }
+
+    #[test]
+    fn a_dataset_cast_has_every_portrait_and_refuses_an_unreadable_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("world");
+        let cfg = storygpt_data::world::WorldConfig {
+            stories: 2,
+            size: 32,
+            ..Default::default()
+        };
+        storygpt_data::world::generate(&cfg, &out, false, &|_, _| {}).unwrap();
+        let world = storygpt_data::open_dataset(&out).unwrap();
+        let cast = Cast::from_dataset(world.as_ref()).unwrap();
+        assert_eq!(cast.characters.len(), world.characters().len());
+        assert!(cast.characters.iter().all(|c| c.portrait.width() == 32));
+        // a corrupt portrait is an error naming it, not a character silently dropped
+        let bad = world.characters()[1].portrait.clone().unwrap();
+        std::fs::write(&bad, b"not a png").unwrap();
+        let err = Cast::from_dataset(world.as_ref()).unwrap_err().to_string();
+        assert!(err.contains(&bad.display().to_string()), "{err}");
+        std::fs::remove_file(&bad).unwrap();
+        let err = crate::train::char_ldm::portraits(world.as_ref())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&bad.display().to_string()), "{err}");
     }
 
     #[test]

@@ -166,8 +166,8 @@ pub fn evaluate_stories<B: Backend + 'static>(
         p.map(|d| storygpt_eval::classifier::load_classifier::<B>(d, device))
             .transpose()
     };
-    let cast = portraits(dataset.as_ref());
-    let marker = Cast::from_dataset(dataset.as_ref());
+    let cast = portraits(dataset.as_ref())?;
+    let marker = Cast::from_dataset(dataset.as_ref())?;
     let val = ValidationSet {
         dataset: dataset.clone(),
         ids: Vec::new(),

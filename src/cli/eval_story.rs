@@ -66,7 +66,7 @@ pub fn run<B: Backend + 'static>(a: &EvalStoryArgs, device: &B::Device) -> Resul
         Arc::from(storygpt_data::open_dataset(&a.data)?);
     // The dataset's characters are the ones to draw: its portraits replace the folder's cast
     // (used when Char-LDM draws a sentence itself, `--first-frame char-ldm`).
-    pipe.cast = Some(crate::cast::Cast::from_dataset(dataset.as_ref()));
+    pipe.cast = Some(crate::cast::Cast::from_dataset(dataset.as_ref())?);
     let bar = ProgressBar::new(a.stories as u64);
     bar.set_style(
         ProgressStyle::with_template("[eval-story] {bar:30} story {pos}/{len} | ETA {eta}")

@@ -688,18 +688,29 @@ pub fn frame_prompt(
     })
 }
 
-/// The cast's portraits, decoded.
-pub fn portraits(dataset: &dyn StoryDataset) -> Vec<Option<RgbImage>> {
+/// The cast's portraits, decoded, in the dataset's character order (`None` for a character the
+/// manifest gives no portrait).
+///
+/// # Errors
+/// A portrait file that cannot be read or decoded, naming it.
+pub fn portraits(dataset: &dyn StoryDataset) -> Result<Vec<Option<RgbImage>>> {
     dataset
         .characters()
         .iter()
-        .map(|c| {
-            c.portrait
-                .as_ref()
-                .and_then(|p| image::open(p).ok())
-                .map(|i| i.to_rgb8())
-        })
+        .map(|c| c.portrait.as_deref().map(read_portrait).transpose())
         .collect()
+}
+
+/// Reads one portrait as RGB.
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be read, [`Error::DataFile`] when it is not an image.
+pub fn read_portrait(path: &Path) -> Result<RgbImage> {
+    let img = image::open(path).map_err(|e| match e {
+        image::ImageError::IoError(io) => Error::io(path, io),
+        other => Error::data_file(path, format!("cannot decode the portrait: {other}")),
+    })?;
+    Ok(img.to_rgb8())
 }
 
 /// The Char-LDM stage.
@@ -1262,7 +1273,7 @@ pub fn train_char_ldm<B: AutodiffBackend>(
     let val = ValidationSet {
         dataset: dataset.clone(),
         ids: val_ids,
-        portraits: portraits(dataset.as_ref()),
+        portraits: portraits(dataset.as_ref())?,
         char_judge: load_judge(&cfg.judges.char)?,
         bg_judge: load_judge(&cfg.judges.bg)?,
         sample: cfg.sample.clone(),

@@ -179,15 +179,9 @@ impl ClipData {
             .iter()
             .map(|c| c.name.clone())
             .collect();
-        let portraits = dataset
-            .characters()
-            .iter()
-            .map(|c| {
-                c.portrait
-                    .as_ref()
-                    .and_then(|p| image::open(p).ok())
-                    .map(|i| resize(&i.to_rgb8(), size))
-            })
+        let portraits = super::char_ldm::portraits(dataset)?
+            .into_iter()
+            .map(|p| p.map(|img| resize(&img, size)))
             .collect();
         Ok(Self {
             frames,

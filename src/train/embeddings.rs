@@ -119,7 +119,7 @@ pub fn prepare_embeddings<B: Backend>(
             dataset.root().display()
         )));
     }
-    let portraits = portraits(dataset);
+    let portraits = portraits(dataset)?;
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let manifest_path = opts.out.join(MANIFEST);
     let text_len = ldm.frozen.tokenizer.model_max_length;
