@@ -32,9 +32,10 @@ use crate::cast::Cast;
 use crate::pipeline::{StoryOptions, StoryPipeline};
 use crate::train::Metrics;
 use crate::train::char_ldm::{
-    Prompt, ValidationSet, frame_prompt, judge_frames, portraits, prompt_conditioning,
-    sample_with_seeds,
+    Prompt, ValidationSet, frame_prompt, judge_frames, judged_labels, portraits,
+    prompt_conditioning, sample_with_seeds,
 };
+use storygpt_eval::metrics::SetErrors;
 
 /// What draws the frames of one row of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -110,6 +111,9 @@ pub struct StoryEvalRow {
     pub frames: usize,
     /// Seconds spent drawing them.
     pub seconds: f64,
+    /// Where Char-Acc is lost (by characters in the frame; missing, extra or swapped
+    /// characters); `None` without a character judge.
+    pub char_errors: Option<SetErrors>,
 }
 
 /// The generated frames of the three rows, per story, for pictures.
@@ -262,6 +266,9 @@ pub fn evaluate_stories<B: Backend + 'static>(
             .filter(|(_, p)| **p)
             .map(|((id, f), _)| (id.clone(), f.clone()))
             .unzip();
+        let char_errors = judged_labels(&val, &ids, &rows[r], true, device)?
+            .map(|(p, t)| SetErrors::of(&p, &t))
+            .transpose()?;
         let mut pm = Metrics::new();
         if !pron_ids.is_empty() {
             judge_frames(&val, &pron_ids, &pron_frames, device, &mut pm)?;
@@ -275,6 +282,7 @@ pub fn evaluate_stories<B: Backend + 'static>(
             char_acc_pronoun_frames: pm.get("char_acc").copied().unwrap_or(f64::NAN),
             frames: rows[r].len(),
             seconds: seconds[r],
+            char_errors,
         });
     }
     Ok((
@@ -287,7 +295,7 @@ pub fn evaluate_stories<B: Backend + 'static>(
     ))
 }
 
-/// The table as markdown.
+/// The table as markdown, then where each row loses Char-Acc.
 pub fn markdown(rows: &[StoryEvalRow]) -> String {
     let mut s = String::from(
         "| frames drawn by | Char-Acc | Char-F1 | BG-Acc | BG-F1 | Char-Acc, pronoun frames | frames | s/frame |\n|---|---|---|---|---|---|---|---|\n",
@@ -304,6 +312,38 @@ pub fn markdown(rows: &[StoryEvalRow]) -> String {
             r.frames,
             r.seconds / r.frames.max(1) as f64
         ));
+    }
+    let counts: std::collections::BTreeSet<usize> = rows
+        .iter()
+        .filter_map(|r| r.char_errors.as_ref())
+        .flat_map(|e| e.by_count.iter().map(|c| c.0))
+        .collect();
+    if counts.is_empty() {
+        return s;
+    }
+    s.push_str("\nWhere Char-Acc is lost: Char-Acc by characters in the frame (frames), and each wrong frame as characters missing (none extra), extra (none missing) or swapped:\n\n| frames drawn by |");
+    for c in &counts {
+        s.push_str(&format!(
+            " {c} character{} |",
+            if *c == 1 { "" } else { "s" }
+        ));
+    }
+    s.push_str(" missing | extra | swapped |\n|---|");
+    s.push_str(&"---|".repeat(counts.len() + 3));
+    s.push('\n');
+    for r in rows {
+        let Some(e) = &r.char_errors else { continue };
+        s.push_str(&format!("| {} |", r.name));
+        for c in &counts {
+            match e.by_count.iter().find(|x| x.0 == *c) {
+                Some(&(_, n, right)) => s.push_str(&format!(
+                    " {:.1} ({n}) |",
+                    right as f64 * 100.0 / n.max(1) as f64
+                )),
+                None => s.push_str(" – |"),
+            }
+        }
+        s.push_str(&format!(" {} | {} | {} |\n", e.missing, e.extra, e.swapped));
     }
     s
 }

@@ -390,8 +390,11 @@ fn eval_story_draws_the_asked_rows_of_the_asked_split() {
     let (ok, stdout, stderr) = storygpt(&args("ldm-names,pipeline-names", "val"));
     assert!(ok, "{stdout}\n{stderr}");
     let table = std::fs::read_to_string(out.join("table.md")).unwrap();
-    assert_eq!(table.lines().count(), 4, "{table}");
+    // the table (header, rule, 2 rows), then where Char-Acc is lost (blank, text, blank,
+    // header, rule, 2 rows)
+    assert_eq!(table.lines().count(), 11, "{table}");
     assert!(table.contains("| Char-LDM, named captions |"), "{table}");
+    assert!(table.contains("| missing | extra | swapped |"), "{table}");
     assert!(
         table.contains("| StoryGPT-V pipeline, named captions |"),
         "the diagnostic row: {table}"
@@ -406,6 +409,15 @@ fn eval_story_draws_the_asked_rows_of_the_asked_split() {
     assert_eq!(rows.len(), 2);
     for row in rows {
         assert_eq!(row["frames"], 4, "one story of 4 frames: {row}");
+        // every frame is in the breakdown: right ones by character count, wrong ones sorted
+        let e = &row["char_errors"];
+        let by_count = e["by_count"].as_array().unwrap();
+        let frames: u64 = by_count.iter().map(|c| c[1].as_u64().unwrap()).sum();
+        let right: u64 = by_count.iter().map(|c| c[2].as_u64().unwrap()).sum();
+        let wrong = ["missing", "extra", "swapped"].map(|k| e[k].as_u64().unwrap());
+        assert_eq!(frames, 4, "{row}");
+        assert_eq!(right + wrong.iter().sum::<u64>(), 4, "{row}");
+        assert!((row["char_acc"].as_f64().unwrap() - right as f64 * 25.0).abs() < 1e-9);
         // a percentage, or null when the story has no pronoun
         let p = &row["char_acc_pronoun_frames"];
         assert!(

@@ -754,26 +754,11 @@ pub fn judge_frames<B: Backend>(
     device: &Device<B>,
     metrics: &mut Metrics,
 ) -> Result<()> {
-    use storygpt_eval::metrics::{MultiLabelCounts, predict};
-    for (name, judge, chars) in [
-        ("char", &val.char_judge, true),
-        ("bg", &val.bg_judge, false),
-    ] {
-        let Some(j) = judge else { continue };
-        let l = j.meta.labels.len();
-        let preds = predict(&j.model.logits(frames, device)?, l);
-        let truth = ids
-            .iter()
-            .map(|id| {
-                let a = val.dataset.annotation(id)?;
-                let v = if chars {
-                    a.character_labels(l)
-                } else {
-                    a.background_labels(l)
-                };
-                Ok(v.iter().map(|&x| x > 0.5).collect())
-            })
-            .collect::<Result<Vec<Vec<bool>>>>()?;
+    use storygpt_eval::metrics::MultiLabelCounts;
+    for (name, chars) in [("char", true), ("bg", false)] {
+        let Some((preds, truth)) = judged_labels(val, ids, frames, chars, device)? else {
+            continue;
+        };
         let mut c = MultiLabelCounts::default();
         c.add(&preds, &truth)?;
         let s = c.scores();
@@ -781,6 +766,38 @@ pub fn judge_frames<B: Backend>(
         metrics.insert(format!("{name}_f1"), s.f1);
     }
     Ok(())
+}
+
+/// The character (`chars`) or background judge's predictions for generated `frames` and the
+/// ground truth of dataset frames `ids`, as multi-hot vectors; `None` without that judge.
+pub fn judged_labels<B: Backend>(
+    val: &ValidationSet<B>,
+    ids: &[String],
+    frames: &[RgbImage],
+    chars: bool,
+    device: &Device<B>,
+) -> Result<Option<(Vec<Vec<bool>>, Vec<Vec<bool>>)>> {
+    let judge = if chars {
+        &val.char_judge
+    } else {
+        &val.bg_judge
+    };
+    let Some(j) = judge else { return Ok(None) };
+    let l = j.meta.labels.len();
+    let preds = storygpt_eval::metrics::predict(&j.model.logits(frames, device)?, l);
+    let truth = ids
+        .iter()
+        .map(|id| {
+            let a = val.dataset.annotation(id)?;
+            let v = if chars {
+                a.character_labels(l)
+            } else {
+                a.background_labels(l)
+            };
+            Ok(v.iter().map(|&x| x > 0.5).collect())
+        })
+        .collect::<Result<Vec<Vec<bool>>>>()?;
+    Ok(Some((preds, truth)))
 }
 
 impl<B: AutodiffBackend> CharLdmStage<B> {

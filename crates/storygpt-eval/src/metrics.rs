@@ -161,9 +161,64 @@ pub fn per_label_accuracy(preds: &[Vec<bool>], truth: &[Vec<bool>]) -> Vec<f64> 
     right.iter().map(|&r| r as f64 / n).collect()
 }
 
+/// Where exact-set accuracy is lost: frames by how many labels their ground truth has, and each
+/// wrong frame as a missing label (prediction a strict subset of the truth), an extra one (a
+/// strict superset) or a swap (anything else).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetErrors {
+    /// `(ground-truth label count, frames, exactly right)`, by count.
+    pub by_count: Vec<(usize, usize, usize)>,
+    /// Wrong frames that miss labels and add none.
+    pub missing: usize,
+    /// Wrong frames that add labels and miss none.
+    pub extra: usize,
+    /// Other wrong frames.
+    pub swapped: usize,
+}
+
+impl SetErrors {
+    /// Sorts each frame. Prediction and truth of a frame must have the same length.
+    pub fn of(preds: &[Vec<bool>], truth: &[Vec<bool>]) -> Result<Self> {
+        MultiLabelCounts::default().add(preds, truth)?;
+        let mut by_count = std::collections::BTreeMap::<usize, (usize, usize)>::new();
+        let mut e = SetErrors::default();
+        for (p, t) in preds.iter().zip(truth) {
+            let slot = by_count
+                .entry(t.iter().filter(|&&x| x).count())
+                .or_default();
+            slot.0 += 1;
+            if p == t {
+                slot.1 += 1;
+                continue;
+            }
+            let misses = p.iter().zip(t).any(|(&pp, &tt)| tt && !pp);
+            let adds = p.iter().zip(t).any(|(&pp, &tt)| pp && !tt);
+            match (misses, adds) {
+                (true, false) => e.missing += 1,
+                (false, true) => e.extra += 1,
+                _ => e.swapped += 1,
+            }
+        }
+        e.by_count = by_count.into_iter().map(|(k, (n, r))| (k, n, r)).collect();
+        Ok(e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_errors_sort_wrong_frames_into_missing_extra_and_swapped() {
+        let v = |s: &str| s.chars().map(|c| c == '1').collect::<Vec<bool>>();
+        let truth = [v("110"), v("110"), v("100"), v("100"), v("011"), v("000")];
+        let preds = [v("110"), v("100"), v("110"), v("010"), v("011"), v("000")];
+        let e = SetErrors::of(&preds, &truth).unwrap();
+        assert_eq!(e.by_count, vec![(0, 1, 1), (1, 2, 0), (2, 3, 2)]);
+        assert_eq!((e.missing, e.extra, e.swapped), (1, 1, 1));
+        assert!(SetErrors::of(&preds[..2], &truth).is_err());
+        assert!(SetErrors::of(&[v("11")], &[v("110")]).is_err());
+    }
 
     #[test]
     fn rounding_is_half_to_even_in_f32() {
