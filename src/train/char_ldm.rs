@@ -768,6 +768,9 @@ pub fn judge_frames<B: Backend>(
     Ok(())
 }
 
+/// `(predictions, ground truth)`, one multi-hot vector per frame.
+pub type JudgedLabels = (Vec<Vec<bool>>, Vec<Vec<bool>>);
+
 /// The character (`chars`) or background judge's predictions for generated `frames` and the
 /// ground truth of dataset frames `ids`, as multi-hot vectors; `None` without that judge.
 pub fn judged_labels<B: Backend>(
@@ -776,7 +779,7 @@ pub fn judged_labels<B: Backend>(
     frames: &[RgbImage],
     chars: bool,
     device: &Device<B>,
-) -> Result<Option<(Vec<Vec<bool>>, Vec<Vec<bool>>)>> {
+) -> Result<Option<JudgedLabels>> {
     let judge = if chars {
         &val.char_judge
     } else {
