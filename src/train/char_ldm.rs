@@ -339,6 +339,12 @@ pub struct CharLdmLossConfig {
     /// the `init_from` model's embeddings stays aligned while only the UNet moves on.
     #[serde(default = "d_true")]
     pub train_postfuse_module: bool,
+    /// How often a training frame is drawn per epoch by how many characters it shows: entry `k`
+    /// for `k` characters, the last entry for any more (e.g. `[1, 1, 2, 3]` draws the two- and
+    /// three-character scenes, where a small UNet drops characters, twice and three times).
+    /// Empty (the default, and the original): every frame once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repeat_by_characters: Vec<usize>,
 }
 
 fn d_true() -> bool {
@@ -371,6 +377,7 @@ impl Default for CharLdmLossConfig {
             text_only_prob: d_uncond(),
             image_encoder_trainable_layers: d_trainable(),
             train_postfuse_module: true,
+            repeat_by_characters: Vec::new(),
         }
     }
 }
@@ -1200,6 +1207,36 @@ pub struct CharLdmRunConfig {
     pub judges: Judges,
 }
 
+/// The training-frame sampler: each frame once per epoch, or as often as `repeats` says for
+/// its number of characters.
+fn frame_sampler(
+    dataset: &dyn StoryDataset,
+    ids: &[String],
+    repeats: &[usize],
+    seed: u64,
+) -> Result<EpochSampler> {
+    if repeats.is_empty() {
+        return Ok(EpochSampler::new(ids.len(), seed));
+    }
+    let per_frame = ids
+        .iter()
+        .map(|id| {
+            let k = dataset.annotation(id)?.characters.len();
+            Ok(repeats[k.min(repeats.len() - 1)])
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    if per_frame.iter().all(|&r| r == 0) {
+        return Err(Error::InvalidConfig {
+            path: None,
+            message: format!(
+                "[loss] repeat_by_characters = {repeats:?} draws none of the {} training frames",
+                ids.len()
+            ),
+        });
+    }
+    Ok(EpochSampler::weighted(per_frame, seed))
+}
+
 /// What a Char-LDM run reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct CharLdmReport {
@@ -1249,6 +1286,12 @@ pub fn train_char_ldm<B: AutodiffBackend>(
         .data
         .train_frames
         .map_or(frames.len(), |l| l.min(frames.len()));
+    let sampler = frame_sampler(
+        dataset.as_ref(),
+        &frames.ids()[..n_frames],
+        &cfg.loss.repeat_by_characters,
+        cfg.train.seed,
+    )?;
     // 1. cache the VAE posteriors of the training frames
     let mut latents = LatentCache::new(frozen.scaling_factor);
     let bar = indicatif::ProgressBar::new(n_frames as u64);
@@ -1300,7 +1343,7 @@ pub fn train_char_ldm<B: AutodiffBackend>(
     };
     let mut stage = CharLdmStage::<B> {
         frozen,
-        sampler: EpochSampler::new(n_frames, cfg.train.seed),
+        sampler,
         frames,
         batcher,
         latents,
@@ -1637,4 +1680,38 @@ pub fn load_char_ldm<B: Backend>(dir: &Path, device: &Device<B>) -> Result<CharL
         crop_size,
         sample,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_repeated_by_their_character_count() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("world");
+        let cfg = storygpt_data::world::WorldConfig {
+            stories: 6,
+            size: 32,
+            ..Default::default()
+        };
+        storygpt_data::world::generate(&cfg, &out, false, &|_, _| {}).unwrap();
+        let world = storygpt_data::open_dataset(&out).unwrap();
+        let ids = world.frame_ids(Split::Train).to_vec();
+        let chars = |id: &String| world.annotation(id).unwrap().characters.len();
+        let plain = frame_sampler(world.as_ref(), &ids, &[], 0).unwrap();
+        assert_eq!(plain.epoch_len(), ids.len());
+        let repeats = [1, 1, 2, 3];
+        let mut w = frame_sampler(world.as_ref(), &ids, &repeats, 0).unwrap();
+        let expected: usize = ids.iter().map(|id| repeats[chars(id).min(3)]).sum();
+        assert!(expected > ids.len(), "the world has multi-character frames");
+        assert_eq!(w.epoch_len(), expected);
+        let epoch = w.next(expected);
+        for (i, id) in ids.iter().enumerate() {
+            let drawn = epoch.iter().filter(|&&x| x == i).count();
+            assert_eq!(drawn, repeats[chars(id).min(3)], "{id}");
+        }
+        let err = frame_sampler(world.as_ref(), &ids, &[0], 0).unwrap_err();
+        assert!(err.to_string().contains("repeat_by_characters"), "{err}");
+    }
 }

@@ -14,7 +14,8 @@ use storygpt_core::{Error, Result};
 use storygpt_data::{Split, StoryDataset};
 
 /// Draws indices `0..n` epoch by epoch, each epoch a fresh permutation seeded by
-/// `(seed, epoch)`; its position is two numbers.
+/// `(seed, epoch)`; its position is two numbers. A weighted sampler repeats item `i`
+/// `repeats[i]` times per epoch (and the unweighted one is all ones: the same permutations).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochSampler {
     /// Items.
@@ -25,6 +26,8 @@ pub struct EpochSampler {
     pub epoch: u64,
     /// Position in the current epoch.
     pub cursor: usize,
+    #[serde(skip)]
+    repeats: Option<Vec<usize>>,
     #[serde(skip)]
     order: Vec<usize>,
 }
@@ -37,24 +40,51 @@ impl EpochSampler {
             seed,
             epoch: 0,
             cursor: 0,
+            repeats: None,
             order: Vec::new(),
         };
         s.shuffle();
         s
     }
 
+    /// A sampler over `repeats.len()` items, item `i` drawn `repeats[i]` times per epoch.
+    pub fn weighted(repeats: Vec<usize>, seed: u64) -> Self {
+        let mut s = Self {
+            n: repeats.len(),
+            seed,
+            epoch: 0,
+            cursor: 0,
+            repeats: Some(repeats),
+            order: Vec::new(),
+        };
+        s.shuffle();
+        s
+    }
+
+    /// Draws per epoch.
+    pub fn epoch_len(&self) -> usize {
+        self.order.len()
+    }
+
     fn shuffle(&mut self) {
         let mut rng =
             ChaCha8Rng::seed_from_u64(storygpt_data::batch::item_seed(self.seed, self.epoch, 0));
-        self.order = (0..self.n).collect();
+        self.order = match &self.repeats {
+            None => (0..self.n).collect(),
+            Some(r) => r
+                .iter()
+                .enumerate()
+                .flat_map(|(i, &k)| std::iter::repeat_n(i, k))
+                .collect(),
+        };
         self.order.shuffle(&mut rng);
     }
 
     /// The next `k` indices.
     pub fn next(&mut self, k: usize) -> Vec<usize> {
         let mut out = Vec::with_capacity(k);
-        while out.len() < k && self.n > 0 {
-            if self.cursor >= self.n {
+        while out.len() < k && !self.order.is_empty() {
+            if self.cursor >= self.order.len() {
                 self.epoch += 1;
                 self.cursor = 0;
                 self.shuffle();
@@ -182,4 +212,29 @@ pub fn tensor_to_images<B: Backend>(x: Tensor<B, 4>) -> Vec<RgbImage> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_weighted_sampler_repeats_items_per_epoch_and_all_ones_is_the_plain_one() {
+        let mut plain = EpochSampler::new(7, 3);
+        let mut ones = EpochSampler::weighted(vec![1; 7], 3);
+        assert_eq!(plain.next(30), ones.next(30));
+        let mut w = EpochSampler::weighted(vec![1, 0, 2, 3], 5);
+        assert_eq!(w.epoch_len(), 6);
+        let epoch = w.next(6);
+        let count = |i: usize| epoch.iter().filter(|&&x| x == i).count();
+        assert_eq!([count(0), count(1), count(2), count(3)], [1, 0, 2, 3]);
+        // the position restores into the same stream
+        let _ = w.next(4);
+        let state = w.state();
+        let ahead = w.next(9);
+        let mut again = EpochSampler::weighted(vec![1, 0, 2, 3], 5);
+        again.restore(&state).unwrap();
+        assert_eq!(again.next(9), ahead);
+        assert!(EpochSampler::weighted(vec![0, 0], 1).next(3).is_empty());
+    }
 }

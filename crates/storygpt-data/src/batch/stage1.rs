@@ -410,6 +410,11 @@ impl Stage1Frames {
         })
     }
 
+    /// The frame ids, in item order.
+    pub fn ids(&self) -> &[String] {
+        &self.ids
+    }
+
     /// Sets the epoch, which changes every item's random draws.
     pub fn set_epoch(&mut self, epoch: u64) {
         self.epoch = epoch;
