@@ -1623,20 +1623,43 @@ pub struct CharLdmFolder<B: Backend> {
     pub sample: SampleConfig,
 }
 
-/// Loads a Char-LDM folder.
-pub fn load_char_ldm<B: Backend>(dir: &Path, device: &Device<B>) -> Result<CharLdmFolder<B>> {
-    let index: serde_json::Value = storygpt_core::config::read_json(dir.join("model_index.json"))?;
-    // Components are sub-folders by default; an index may point elsewhere (relative to `dir`),
-    // e.g. the embedded story-world model shares `../clip` and `../vae` with stage 0.
-    let component = |key: &str| -> PathBuf {
-        let rel = index[key].as_str().unwrap_or(key);
-        let p = Path::new(rel);
+/// A Char-LDM folder's `model_index.json`: where its components are.
+pub struct CharLdmIndex {
+    dir: PathBuf,
+    json: serde_json::Value,
+}
+
+impl CharLdmIndex {
+    /// Reads `dir/model_index.json`.
+    pub fn read(dir: &Path) -> Result<Self> {
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            json: storygpt_core::config::read_json(dir.join("model_index.json"))?,
+        })
+    }
+
+    /// The folder of component `key` (`unet`, `vae`, `text_encoder`, …): a sub-folder by
+    /// default; an index may point elsewhere (relative to the folder), e.g. the embedded
+    /// story-world model shares `../clip` and `../vae` with stage 0.
+    pub fn component(&self, key: &str) -> PathBuf {
+        let p = Path::new(self.json[key].as_str().unwrap_or(key));
         if p.is_absolute() {
             p.to_path_buf()
         } else {
-            dir.join(p)
+            self.dir.join(p)
         }
-    };
+    }
+
+    /// The training resolution (64 when the index does not say).
+    pub fn resolution(&self) -> u32 {
+        self.json["resolution"].as_u64().unwrap_or(64) as u32
+    }
+}
+
+/// Loads a Char-LDM folder.
+pub fn load_char_ldm<B: Backend>(dir: &Path, device: &Device<B>) -> Result<CharLdmFolder<B>> {
+    let index = CharLdmIndex::read(dir)?;
+    let component = |key: &str| index.component(key);
     let mut frozen = Frozen::load(&component("text_encoder"), &component("vae"), device)?;
     let fuse_cfg: serde_json::Value =
         storygpt_core::config::read_json(dir.join("postfuse_module/config.json"))?;
@@ -1655,7 +1678,7 @@ pub fn load_char_ldm<B: Backend>(dir: &Path, device: &Device<B>) -> Result<CharL
         ClipVisionModelWithProjection::from_pretrained(dir.join("image_encoder"), device)?;
     let crop_size = storygpt_models::clip::ClipVisionConfig::from_dir(dir.join("image_encoder"))?
         .image_size as u32;
-    let sample: SampleConfig = match index.get("sample") {
+    let sample: SampleConfig = match index.json.get("sample") {
         None | Some(serde_json::Value::Null) => SampleConfig::default(),
         Some(v) => serde_json::from_value(v.clone()).map_err(|e| Error::InvalidConfig {
             path: Some(dir.join("model_index.json")),
@@ -1676,7 +1699,7 @@ pub fn load_char_ldm<B: Backend>(dir: &Path, device: &Device<B>) -> Result<CharL
             image_encoder,
         },
         frozen,
-        resolution: index["resolution"].as_u64().unwrap_or(64) as u32,
+        resolution: index.resolution(),
         crop_size,
         sample,
     })

@@ -53,11 +53,14 @@ use burn::tensor::{Device, ElementConversion, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use storygpt_core::traits::{ImageEncoder, LlmBackbone, mask_frozen_rows, rescale_new_rows};
+use storygpt_core::traits::{
+    Autoencoder, ImageEncoder, LlmBackbone, mask_frozen_rows, rescale_new_rows,
+};
 use storygpt_core::{Error, Result};
 use storygpt_data::batch::{IGNORE_INDEX, Stage2Batcher, Stage2Config};
 use storygpt_data::{Split, StoryDataset};
 use storygpt_models::auto_lm::AutoCausalLm;
+use storygpt_models::autoencoder_kl::AutoencoderKL;
 use storygpt_models::causal_lm::replace_param;
 use storygpt_models::clip::ClipVisionModel;
 use storygpt_models::gill_mapper::{GillMapper, GillMapperConfig};
@@ -1069,7 +1072,9 @@ fn diffusion_objective<B: AutodiffBackend>(
         path: None,
         message: "[loss] diffusion_weight > 0 needs [components] ldm, the Char-LDM folder whose UNet the loss runs through".into(),
     })?;
-    let folder = super::char_ldm::load_char_ldm::<B::InnerBackend>(ldm, device)?;
+    // only the UNet and the VAE: the text path is not run
+    let index = super::char_ldm::CharLdmIndex::read(ldm)?;
+    let vae = AutoencoderKL::<B::InnerBackend>::from_pretrained(index.component("vae"), device)?;
     let unet = UNet2DConditionModel::<B>::from_pretrained(ldm.join("unet"), device)?.no_grad();
     let cross = storygpt_core::traits::Denoiser::cross_attention_dim(&unet);
     if cross != d {
@@ -1080,7 +1085,7 @@ fn diffusion_objective<B: AutodiffBackend>(
             ),
         });
     }
-    let mut latents = LatentCache::new(folder.frozen.scaling_factor);
+    let mut latents = LatentCache::new(Autoencoder::scaling_factor(&vae));
     let bar = indicatif::ProgressBar::new(ids.len() as u64);
     bar.set_message("caching VAE latents of the target frames");
     for chunk in ids.chunks(64) {
@@ -1088,13 +1093,7 @@ fn diffusion_objective<B: AutodiffBackend>(
             .iter()
             .map(|id| Ok(dataset.load_image(id, 0)?.image))
             .collect::<Result<Vec<_>>>()?;
-        latents.encode(
-            &folder.frozen.vae,
-            chunk,
-            &images,
-            folder.resolution,
-            device,
-        )?;
+        latents.encode(&vae, chunk, &images, index.resolution(), device)?;
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
