@@ -183,15 +183,7 @@ mod tests {
 
     #[test]
     fn a_dataset_cast_has_every_portrait_and_refuses_an_unreadable_one() {
-        let tmp = tempfile::tempdir().unwrap();
-        let out = tmp.path().join("world");
-        let cfg = storygpt_data::world::WorldConfig {
-            stories: 2,
-            size: 32,
-            ..Default::default()
-        };
-        storygpt_data::world::generate(&cfg, &out, false, &|_, _| {}).unwrap();
-        let world = storygpt_data::open_dataset(&out).unwrap();
+        let (_tmp, world) = crate::test_support::tiny_world(2, 32);
         let cast = Cast::from_dataset(world.as_ref()).unwrap();
         assert_eq!(cast.characters.len(), world.characters().len());
         assert!(cast.characters.iter().all(|c| c.portrait.width() == 32));

@@ -24,3 +24,25 @@ pub mod cli;
 pub mod pipeline;
 pub mod story_eval;
 pub mod train;
+
+/// Helpers of the unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// A generated story world of `stories` stories at `size`², in a temporary folder (kept
+    /// alive by the returned guard).
+    pub fn tiny_world(
+        stories: usize,
+        size: u32,
+    ) -> (tempfile::TempDir, Box<dyn storygpt_data::StoryDataset>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("world");
+        let cfg = storygpt_data::world::WorldConfig {
+            stories,
+            size,
+            ..Default::default()
+        };
+        storygpt_data::world::generate(&cfg, &out, false, &|_, _| {}).unwrap();
+        let world = storygpt_data::open_dataset(&out).unwrap();
+        (tmp, world)
+    }
+}

@@ -1711,15 +1711,7 @@ mod tests {
 
     #[test]
     fn frames_are_repeated_by_their_character_count() {
-        let tmp = tempfile::tempdir().unwrap();
-        let out = tmp.path().join("world");
-        let cfg = storygpt_data::world::WorldConfig {
-            stories: 6,
-            size: 32,
-            ..Default::default()
-        };
-        storygpt_data::world::generate(&cfg, &out, false, &|_, _| {}).unwrap();
-        let world = storygpt_data::open_dataset(&out).unwrap();
+        let (_tmp, world) = crate::test_support::tiny_world(6, 32);
         let ids = world.frame_ids(Split::Train).to_vec();
         let chars = |id: &String| world.annotation(id).unwrap().characters.len();
         let plain = frame_sampler(world.as_ref(), &ids, &[], 0).unwrap();
