@@ -1207,6 +1207,52 @@ pub struct CharLdmRunConfig {
     pub judges: Judges,
 }
 
+/// What trained, in a model card's words, from the run's `[loss]`.
+fn card_description(loss: &CharLdmLossConfig) -> String {
+    let mut trained = vec!["UNet".to_string()];
+    if loss.train_postfuse_module {
+        trained.push("FuseModule".into());
+    }
+    match loss.image_encoder_trainable_layers {
+        0 => {}
+        1 => trained.push("the last CLIP vision layer".into()),
+        n => trained.push(format!("the last {n} CLIP vision layers")),
+    }
+    let mut frozen = vec!["VAE", "text encoder"];
+    if !loss.train_postfuse_module {
+        frozen.push("FuseModule");
+    }
+    if loss.image_encoder_trainable_layers == 0 {
+        frozen.push("image encoder");
+    }
+    let mut losses = vec!["the denoising loss".to_string()];
+    if loss.mask_loss_prob > 0.0 {
+        losses.push(format!(
+            "the mask loss on {:.0} % of the steps",
+            loss.mask_loss_prob * 100.0
+        ));
+    }
+    if loss.reg_weight > 0.0 {
+        losses.push(format!(
+            "the cross-attention control loss L_reg (weight {}, {} blocks)",
+            loss.reg_weight, loss.reg_layers
+        ));
+    }
+    let mut d = format!(
+        "StoryGPT-V's character-augmented latent diffusion model: {} trained with {}; {} frozen.",
+        trained.join(" + "),
+        losses.join(", "),
+        frozen.join(", ")
+    );
+    if !loss.repeat_by_characters.is_empty() {
+        d.push_str(&format!(
+            " Training frames drawn per epoch by their character count: {:?} (index = characters).",
+            loss.repeat_by_characters
+        ));
+    }
+    d
+}
+
 /// The training-frame sampler: each frame once per epoch, or as often as `repeats` says for
 /// its number of characters.
 fn frame_sampler(
@@ -1547,16 +1593,22 @@ fn export_char_ldm<B: Backend>(
     let root = tmp.path();
     let card = ModelCard {
         title: "Char-LDM (stage 1)".into(),
-        description: "StoryGPT-V's character-augmented latent diffusion model: UNet + FuseModule + the \
-                      last 2 CLIP vision layers trained with the denoising loss, the 30 % mask loss and \
-                      the cross-attention control loss L_reg; VAE and text encoder frozen."
-            .into(),
+        description: card_description(&cfg.loss),
         data: format!("{} at {}²", cfg.data.dataset.display(), cfg.data.resolution),
         steps: state.step,
         seconds: state.seconds,
         metrics: metrics
             .iter()
-            .map(|(k, v)| (k.clone(), *v, format!("{} validation frames, captions with names", cfg.data.val_frames)))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    *v,
+                    format!(
+                        "{} validation frames, captions with names",
+                        cfg.data.val_frames
+                    ),
+                )
+            })
             .collect(),
         config_toml: config_toml.to_string(),
         command: "storygpt train-ldm --config CONFIG --out RUN".into(),
@@ -1728,5 +1780,34 @@ mod tests {
         }
         let err = frame_sampler(world.as_ref(), &ids, &[0], 0).unwrap_err();
         assert!(err.to_string().contains("repeat_by_characters"), "{err}");
+    }
+
+    #[test]
+    fn the_model_card_says_what_trained_and_with_which_losses() {
+        let d = card_description(&CharLdmLossConfig::default());
+        assert_eq!(
+            d,
+            "StoryGPT-V's character-augmented latent diffusion model: UNet + FuseModule + the last \
+             2 CLIP vision layers trained with the denoising loss, the mask loss on 30 % of the \
+             steps, the cross-attention control loss L_reg (weight 0.001, 5 blocks); VAE, text \
+             encoder frozen."
+        );
+        let d = card_description(&CharLdmLossConfig {
+            reg_weight: 0.0,
+            mask_loss_prob: 0.5,
+            image_encoder_trainable_layers: 0,
+            train_postfuse_module: false,
+            repeat_by_characters: vec![1, 1, 2, 3],
+            ..CharLdmLossConfig::default()
+        });
+        assert!(
+            d.contains(": UNet trained with the denoising loss, the mask loss on 50 %"),
+            "{d}"
+        );
+        assert!(
+            d.contains("VAE, text encoder, FuseModule, image encoder frozen"),
+            "{d}"
+        );
+        assert!(d.contains("[1, 1, 2, 3]"), "{d}");
     }
 }
