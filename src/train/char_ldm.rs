@@ -704,20 +704,13 @@ pub fn portraits(dataset: &dyn StoryDataset) -> Result<Vec<Option<RgbImage>>> {
     dataset
         .characters()
         .iter()
-        .map(|c| c.portrait.as_deref().map(read_portrait).transpose())
+        .map(|c| {
+            c.portrait
+                .as_deref()
+                .map(storygpt_eval::report::read_rgb)
+                .transpose()
+        })
         .collect()
-}
-
-/// Reads one portrait as RGB.
-///
-/// # Errors
-/// [`Error::Io`] when the file cannot be read, [`Error::DataFile`] when it is not an image.
-pub fn read_portrait(path: &Path) -> Result<RgbImage> {
-    let img = image::open(path).map_err(|e| match e {
-        image::ImageError::IoError(io) => Error::io(path, io),
-        other => Error::data_file(path, format!("cannot decode the portrait: {other}")),
-    })?;
-    Ok(img.to_rgb8())
 }
 
 /// The Char-LDM stage.
