@@ -459,6 +459,48 @@ fn every_stage_trains_on_tiny_configs_and_its_loss_goes_down() {
         "{err}"
     );
 
+    // a fresh, wider UNet on the finished run's text path, frozen: the FuseModule and image
+    // encoder come out bit for bit the same (so the stage-2 targets do not move), the UNet is
+    // the new config's
+    let wide_run = tmp.path().join("ldm_wide");
+    let mut wcfg = ccfg.clone();
+    wcfg.components.init_from = None;
+    wcfg.components.text_path_from = Some(ldm_run.join("model"));
+    wcfg.model["block_out_channels"] = serde_json::json!([16, 48]);
+    let r = train_char_ldm::<AD>(&wcfg, &opts(&wide_run, false, None), &dev).unwrap();
+    assert!(r.finished && r.steps == 4, "{r:?}");
+    for frozen in [
+        "postfuse_module/model.safetensors",
+        "image_encoder/model.safetensors",
+    ] {
+        assert!(
+            read(&ldm_run.join("model").join(frozen)) == read(&wide_run.join("model").join(frozen)),
+            "{frozen} changed although frozen"
+        );
+    }
+    let unet_cfg: serde_json::Value =
+        serde_json::from_slice(&read(&wide_run.join("model/unet/config.json"))).unwrap();
+    assert_eq!(unet_cfg["block_out_channels"], serde_json::json!([16, 48]));
+    let (wide_start, _) = first_last(&wide_run, 2);
+    assert!(
+        wide_start > cont_start,
+        "a fresh UNet starts at loss {wide_start}, below the continued one's {cont_start}"
+    );
+    // both sources at once are refused, naming both keys
+    let mut both = wcfg.clone();
+    both.components.init_from = Some(ldm_run.join("model"));
+    let err = train_char_ldm::<AD>(
+        &both,
+        &opts(&tmp.path().join("ldm_both"), false, None),
+        &dev,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("init_from") && err.contains("text_path_from"),
+        "{err}"
+    );
+
     // between the stages: fused embeddings of every frame, resumable shard by shard
     let dataset = storygpt::data::open_dataset(&world).unwrap();
     let emb = tmp.path().join("emb");

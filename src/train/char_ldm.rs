@@ -1162,6 +1162,14 @@ pub struct Components {
     /// every key of `[model]`, and it must have been trained on this `clip`'s text encoder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<PathBuf>,
+    /// A Char-LDM folder whose FuseModule and image encoder start this run under a *fresh*
+    /// UNet built from `[model]`: a new (e.g. wider) denoiser on a finished run's
+    /// conditioning. With the FuseModule and the image encoder frozen
+    /// (`loss.train_postfuse_module = false`, `loss.image_encoder_trainable_layers = 0`) every
+    /// caption's fused conditioning stays that folder's, so a stage-2 head trained on it stays
+    /// aligned. Excludes `init_from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_path_from: Option<PathBuf>,
 }
 
 /// Judges for validation.
@@ -1450,8 +1458,24 @@ fn init_char_ldm<B: Backend>(
     unet_json["_class_name"] = "UNet2DConditionModel".into();
     unet_json["sample_size"] = (cfg.data.resolution as usize / f).into();
     let unet_cfg: UNet2DConditionConfig = super::export::model_config(&unet_json, "model")?;
-    if let Some(dir) = &cfg.components.init_from {
-        return init_from_folder(dir, &unet_json, d, device).map(|m| (m, unet_json));
+    match (&cfg.components.init_from, &cfg.components.text_path_from) {
+        (Some(_), Some(_)) => {
+            return Err(Error::InvalidConfig {
+                path: None,
+                message: "[components]: `init_from` (a whole Char-LDM) and `text_path_from` \
+                          (its text path under a fresh UNet) exclude each other"
+                    .into(),
+            });
+        }
+        (Some(dir), None) => {
+            return init_from_folder(dir, &unet_json, d, device).map(|m| (m, unet_json));
+        }
+        (None, Some(dir)) => {
+            let loaded = load_text_path::<B>(dir, d, device)?;
+            let unet = UNet2DConditionModel::<B>::new(&unet_cfg, device)?;
+            return Ok((CharLdm { unet, ..loaded }, unet_json));
+        }
+        (None, None) => {}
     }
     let unet = UNet2DConditionModel::<B>::new(&unet_cfg, device)?;
     let image_encoder =
@@ -1503,14 +1527,27 @@ fn init_from_folder<B: Backend>(
         }
     }
     let loaded = load_char_ldm::<B>(dir, device)?;
-    let width = loaded.model.postfuse_module.embed_dim();
+    check_fuse_width(&loaded.model, dir, "init_from", d)?;
+    Ok(loaded.model)
+}
+
+/// Loads the Char-LDM folder `dir` for its text path (FuseModule and image encoder), after
+/// checking that its conditioning is `d` wide; its UNet is replaced by the caller.
+fn load_text_path<B: Backend>(dir: &Path, d: usize, device: &Device<B>) -> Result<CharLdm<B>> {
+    let loaded = load_char_ldm::<B>(dir, device)?;
+    check_fuse_width(&loaded.model, dir, "text_path_from", d)?;
+    Ok(loaded.model)
+}
+
+fn check_fuse_width<B: Backend>(model: &CharLdm<B>, dir: &Path, key: &str, d: usize) -> Result<()> {
+    let width = model.postfuse_module.embed_dim();
     if width != d {
         return Err(Error::InvalidConfig {
             path: Some(dir.join("postfuse_module")),
-            message: format!("`init_from`: the FuseModule is {width} wide, the text encoder {d}"),
+            message: format!("`{key}`: the FuseModule is {width} wide, the text encoder {d}"),
         });
     }
-    Ok(loaded.model)
+    Ok(())
 }
 
 /// Exports the newest checkpoint of a Char-LDM run folder (its EMA weights when the run keeps
