@@ -226,6 +226,19 @@ fn a_corrupt_checkpoint_is_a_typed_error_naming_the_file() {
 }
 
 /// Mean of the first and last `k` losses of a run.
+/// The FuseModule and image encoder of Char-LDM folder `to` are byte for byte `from`'s.
+fn assert_text_path_unchanged(from: &Path, to: &Path) {
+    for frozen in [
+        "postfuse_module/model.safetensors",
+        "image_encoder/model.safetensors",
+    ] {
+        assert!(
+            read(&from.join(frozen)) == read(&to.join(frozen)),
+            "{frozen} changed although frozen"
+        );
+    }
+}
+
 fn first_last(run: &Path, k: usize) -> (f64, f64) {
     let csv = std::fs::read_to_string(run.join("losses.csv")).unwrap();
     let v: Vec<f64> = csv
@@ -434,15 +447,7 @@ fn every_stage_trains_on_tiny_configs_and_its_loss_goes_down() {
         cont_start < fresh_start,
         "continued run starts at loss {cont_start}, a fresh one at {fresh_start} (ended at {fresh_end})"
     );
-    for frozen in [
-        "postfuse_module/model.safetensors",
-        "image_encoder/model.safetensors",
-    ] {
-        assert!(
-            read(&ldm_run.join("model").join(frozen)) == read(&cont_run.join("model").join(frozen)),
-            "{frozen} changed although frozen"
-        );
-    }
+    assert_text_path_unchanged(&ldm_run.join("model"), &cont_run.join("model"));
     assert!(
         read(&ldm_run.join("model/unet/diffusion_pytorch_model.safetensors"))
             != read(&cont_run.join("model/unet/diffusion_pytorch_model.safetensors")),
@@ -469,15 +474,7 @@ fn every_stage_trains_on_tiny_configs_and_its_loss_goes_down() {
     wcfg.model["block_out_channels"] = serde_json::json!([16, 48]);
     let r = train_char_ldm::<AD>(&wcfg, &opts(&wide_run, false, None), &dev).unwrap();
     assert!(r.finished && r.steps == 4, "{r:?}");
-    for frozen in [
-        "postfuse_module/model.safetensors",
-        "image_encoder/model.safetensors",
-    ] {
-        assert!(
-            read(&ldm_run.join("model").join(frozen)) == read(&wide_run.join("model").join(frozen)),
-            "{frozen} changed although frozen"
-        );
-    }
+    assert_text_path_unchanged(&ldm_run.join("model"), &wide_run.join("model"));
     let unet_cfg: serde_json::Value =
         serde_json::from_slice(&read(&wide_run.join("model/unet/config.json"))).unwrap();
     assert_eq!(unet_cfg["block_out_channels"], serde_json::json!([16, 48]));
