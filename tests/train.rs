@@ -225,7 +225,6 @@ fn a_corrupt_checkpoint_is_a_typed_error_naming_the_file() {
     assert!(err.to_string().contains("model.mpk"), "{err}");
 }
 
-/// Mean of the first and last `k` losses of a run.
 /// The FuseModule and image encoder of Char-LDM folder `to` are byte for byte `from`'s.
 fn assert_text_path_unchanged(from: &Path, to: &Path) {
     for frozen in [
@@ -239,6 +238,7 @@ fn assert_text_path_unchanged(from: &Path, to: &Path) {
     }
 }
 
+/// Mean of the first and last `k` losses of a run.
 fn first_last(run: &Path, k: usize) -> (f64, f64) {
     let csv = std::fs::read_to_string(run.join("losses.csv")).unwrap();
     let v: Vec<f64> = csv
